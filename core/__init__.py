@@ -1,0 +1,1 @@
+"""jetsock's broker on NATS JetStream: rooms, stream, publish, replay, live feeds."""

@@ -1,0 +1,193 @@
+"""The broker: one NATS connection serving publish, head, replay and live feeds.
+
+Everything an edge node needs from JetStream goes through here, so `edge/`
+never imports nats. Room names are validated by the caller (core.rooms).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
+
+from core.feed import FeedListener, LiveFeeds
+from core.fetch import FetchError, RoomFetcher
+from core.rooms import room_subject
+from core.settings import Settings
+from core.stored import FROM_HEADER, ID_HEADER, MSG_ID_HEADER, StoredMessage
+from core.stream import ensure_stream, epoch_of
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 256
+
+
+class Unavailable(Exception):
+    """NATS or the stream cannot serve the request now; the client may retry."""
+
+
+class PublishResult:
+    __slots__ = ("seq", "duplicate")
+
+    def __init__(self, seq: int, duplicate: bool) -> None:
+        self.seq = seq
+        self.duplicate = duplicate
+
+
+class Replay:
+    """The outcome of a join with `since`: the messages to send, or not recoverable."""
+
+    __slots__ = ("messages", "recovered")
+
+    def __init__(self, messages: list[StoredMessage], recovered: bool) -> None:
+        self.messages = messages
+        self.recovered = recovered
+
+
+def scoped_msg_id(sub: str, key: str) -> str:
+    """Nats-Msg-Id for a client's idempotency key: two users' ids never collide."""
+    return f"{sub}:{key}"
+
+
+class Broker:
+    def __init__(self, settings: Settings, listener: FeedListener) -> None:
+        self.settings = settings
+        self._listener = listener
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._fetcher: RoomFetcher | None = None
+        self._feeds: LiveFeeds | None = None
+        self.epoch = ""
+        self.on_state: Callable[[bool], Awaitable[None] | None] | None = None
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def connect(self, servers: list[str], name: str) -> None:
+        self.nc = await nats.connect(
+            servers,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            reconnected_cb=self._on_reconnected,
+            disconnected_cb=self._on_disconnected,
+            error_cb=self._on_error,
+        )
+        self._js = self.nc.jetstream(timeout=5)
+        info = await ensure_stream(self._js, self.settings)
+        self.epoch = epoch_of(info)
+        self._fetcher = RoomFetcher(self.nc, self.settings.stream)
+        await self._fetcher.start()
+        self._feeds = LiveFeeds(self.nc, self._fetcher, self._listener)
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    @property
+    def feeds(self) -> LiveFeeds:
+        assert self._feeds is not None, "Broker.connect() first"
+        return self._feeds
+
+    @property
+    def fetcher(self) -> RoomFetcher:
+        assert self._fetcher is not None, "Broker.connect() first"
+        return self._fetcher
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS disconnected")
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error: %s", exc)
+
+    async def _on_reconnected(self) -> None:
+        log.info("NATS reconnected; repairing %d active rooms", len(self.feeds))
+        try:
+            await self._check_epoch()
+        except Exception as exc:  # the stream may be briefly unavailable after a restart
+            log.warning("could not re-read the stream after reconnect: %s", exc)
+        self.feeds.repair_all()
+
+    async def _check_epoch(self) -> None:
+        """After a reconnect the stream may be a new one: reset every active room."""
+        assert self._js is not None
+        info = await ensure_stream(self._js, self.settings)
+        epoch = epoch_of(info)
+        if epoch == self.epoch:
+            return
+        log.warning("stream %s was recreated (epoch %s -> %s)", self.settings.stream, self.epoch, epoch)
+        self.epoch = epoch
+        for room in self.feeds.rooms():
+            head = await self.fetcher.head(room)
+            self.feeds.rebase(room, head)
+            self._listener.reset(room, epoch, head)
+
+    # --- publish ----------------------------------------------------------
+
+    async def publish(self, room: str, data: bytes, *, sender: str | None, key: str | None) -> PublishResult:
+        """Store `data` (valid JSON) in the room; the ack's sequence is its `seq`."""
+        assert self._js is not None
+        headers: dict[str, str] = {}
+        if sender is not None:
+            headers[FROM_HEADER] = sender
+        if key is not None:
+            headers[MSG_ID_HEADER] = scoped_msg_id(sender or "", key)
+            headers[ID_HEADER] = key
+        try:
+            ack = await self._js.publish(room_subject(room), data, headers=headers or None)
+        except NoStreamResponseError:
+            raise Unavailable("the stream did not answer") from None
+        except Exception as exc:  # timeouts, disconnects: all mean "not stored, retry"
+            raise Unavailable(f"publish failed: {type(exc).__name__}") from exc
+        return PublishResult(ack.seq, bool(ack.duplicate))
+
+    # --- replay -----------------------------------------------------------
+
+    async def replay(self, room: str, since: int, up_to: int) -> Replay:
+        """Messages of `room` with seq in (`since`, `up_to`], or recovered=False.
+
+        `since` is always a sequence the server handed out for this room (a
+        delivered `seq`, or `joined.seq`, itself a room message's seq or 0).
+        While that message is still stored, everything after it is too
+        (streams discard oldest first), so the replay is complete. When it is
+        gone, later ones may have expired with it: not recoverable.
+        """
+        limit = self.settings.max_replay
+        upper = max(up_to, since)
+        try:
+            if since == 0:
+                if not await self._nothing_discarded(room):
+                    return Replay([], False)
+                first = await self.fetcher.fetch(room, 0, min(limit + 1, REPLAY_BATCH), upper)
+                messages = first.messages
+            else:
+                first = await self.fetcher.fetch(room, since - 1, min(limit + 2, REPLAY_BATCH), upper)
+                if not first.messages or first.messages[0].seq != since:
+                    return Replay([], False)
+                messages = first.messages[1:]
+            if len(messages) + first.pending > limit:
+                return Replay([], False)
+            if first.pending and messages:
+                messages += await self.fetcher.fetch_all(room, messages[-1].seq, upper)
+        except FetchError as exc:
+            raise Unavailable(str(exc)) from None
+        return Replay(messages, True)
+
+    async def _nothing_discarded(self, room: str) -> bool:
+        """For `since` = 0: true when no message of the room can have been removed."""
+        assert self._js is not None
+        try:
+            info = await self._js.stream_info(self.settings.stream, subjects_filter=room_subject(room))
+        except Exception as exc:
+            raise FetchError(f"stream info failed: {exc}") from None
+        state = info.state
+        count = (state.subjects or {}).get(room_subject(room), 0)
+        per_room = self.settings.max_msgs_per_room
+        return state.first_seq <= 1 and (per_room <= 0 or count < per_room)

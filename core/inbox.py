@@ -1,0 +1,44 @@
+"""Task-free NATS subscriptions.
+
+nats-py starts one asyncio task per callback subscription. An edge with
+10,000 active rooms would hold 10,000 tasks, each with its own queue. Here a
+subscription is made without a callback (nats-py then starts no task) and its
+pending queue is replaced by a `CallbackQueue` whose `put_nowait` calls the
+handler at once, inside nats-py's reader. Handlers must not block: they do
+arithmetic and hand bytes to buffers, and start a task only for real I/O
+(a gap repair).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+MsgHandler = Callable[[Msg], None]
+
+
+class CallbackQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """A queue that is never filled: each message goes straight to the handler."""
+
+    def __init__(self, handler: MsgHandler) -> None:
+        super().__init__()
+        self._handler = handler
+
+    def put_nowait(self, item: Any) -> None:
+        self._handler(item)
+
+
+async def subscribe_direct(nc: NATS, subject: str, handler: MsgHandler) -> Subscription:
+    """Subscribe so that messages reach `handler` synchronously, with no task of their own."""
+    sub = await nc.subscribe(subject, pending_bytes_limit=0)
+    # Relies on nats-py delivering through `sub._pending_queue.put_nowait`
+    # (nats-py 2.x); tests/core/test_inbox.py fails if that ever changes.
+    sub._pending_queue = CallbackQueue(handler)
+    if sub._message_iterator is not None:
+        sub._message_iterator._queue = sub._pending_queue
+    return sub

@@ -1,0 +1,181 @@
+"""The one settings object, read from `jetsock serve` flags and `JETSOCK_*` variables.
+
+Each field's description gives its unit and meaning; the default is the
+field's default. A flag beats a variable, a variable beats the default.
+compose.yaml and the Helm values use the same names, upper-cased with the
+`JETSOCK_` prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import msgspec
+
+ENV_PREFIX = "JETSOCK_"
+
+
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    host: Annotated[str, _doc("Address to listen on; container images set 0.0.0.0.")] = "127.0.0.1"
+    port: Annotated[int, _doc("TCP port for WebSockets and HTTP.")] = 8080
+    nats_url: Annotated[
+        str, _doc("Comma-separated NATS servers; empty starts an embedded nats-server.")
+    ] = ""
+    stream: Annotated[str, _doc("JetStream stream holding the rooms.")] = "ROOMS"
+    replicas: Annotated[int, _doc("Stream replicas (3 on a 3-node NATS cluster).")] = 1
+    duplicate_window: Annotated[
+        float, _doc("Seconds during which a repeated publish id is stored once.")
+    ] = 120.0
+    max_age: Annotated[
+        float, _doc("Seconds a room message is kept in the stream; 0 keeps it forever.")
+    ] = 86400.0
+    max_msgs_per_room: Annotated[
+        int, _doc("Messages kept per room (stream max_msgs_per_subject); -1 for no limit.")
+    ] = 10000
+    max_replay: Annotated[
+        int, _doc("Most messages a join with `since` replays before answering recovered=false.")
+    ] = 10000
+    jwt_secret: Annotated[str, _doc("HS256 key for client tokens.")] = ""
+    jwt_public_key: Annotated[str, _doc("PEM public key for RS256/ES256/EdDSA tokens.")] = ""
+    jwks_url: Annotated[str, _doc("JWKS address for token keys.")] = ""
+    jwt_audience: Annotated[str, _doc("Required `aud` claim, when set.")] = ""
+    jwt_issuer: Annotated[str, _doc("Required `iss` claim, when set.")] = ""
+    jwt_leeway: Annotated[float, _doc("Seconds of clock skew allowed on exp and nbf.")] = 5.0
+    allowed_origins: Annotated[
+        str,
+        _doc("Comma-separated origins allowed to open WebSockets; empty means the server's own."),
+    ] = ""
+    cookie_name: Annotated[str, _doc("Cookie that may carry the token.")] = "jetsock_token"
+    auth_timeout: Annotated[float, _doc("Seconds a connection may take to send `auth`.")] = 5.0
+    refresh_before: Annotated[float, _doc("Seconds before exp that `expiring` is sent.")] = 30.0
+    heartbeat: Annotated[
+        float, _doc("Seconds between server pings; silence for two closes with 4009.")
+    ] = 25.0
+    max_pending_bytes: Annotated[
+        int, _doc("Bytes a connection may leave unread before it is closed with 4008.")
+    ] = 1048576
+    max_frame_bytes: Annotated[int, _doc("Largest frame accepted; larger closes with 1009.")] = 65536
+    max_rooms_per_connection: Annotated[int, _doc("Rooms one connection may join.")] = 100
+    max_connections: Annotated[
+        int, _doc("Connections per node; past it upgrades are refused with 1013.")
+    ] = 18000
+    publish_rate: Annotated[float, _doc("Publishes per second per connection (refill rate).")] = 20.0
+    publish_burst: Annotated[int, _doc("Publishes a connection may send at once.")] = 40
+    rate_limit_strikes: Annotated[
+        int, _doc("Rejected publishes in a row before the connection is closed with 4029.")
+    ] = 50
+    drain_seconds: Annotated[
+        float, _doc("Seconds over which SIGTERM spreads the 1012 closes.")
+    ] = 10.0
+    close_timeout: Annotated[
+        float, _doc("Seconds to wait for a client's close frame before dropping the socket.")
+    ] = 5.0
+    node: Annotated[str, _doc("This node's name in `welcome`; empty derives host-pid.")] = ""
+    data_dir: Annotated[str, _doc("Directory for the embedded nats-server's store.")] = ".data"
+    embedded_nats_port: Annotated[
+        int, _doc("Port of the embedded nats-server; 0 picks a free one.")
+    ] = 4222
+    dev: Annotated[bool, _doc("Development mode: print a dev token and example on start.")] = False
+    log_level: Annotated[str, _doc("Log level: debug, info, warning, error.")] = "info"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+_PYTHON_TYPES: dict[type, type] = {
+    msgspec.inspect.StrType: str,
+    msgspec.inspect.IntType: int,
+    msgspec.inspect.FloatType: float,
+    msgspec.inspect.BoolType: bool,
+}
+
+
+def field_docs() -> dict[str, tuple[type, Any, str]]:
+    """Each setting's type, default and description, for flags and documentation."""
+    docs: dict[str, tuple[type, Any, str]] = {}
+    struct_info = msgspec.inspect.type_info(Settings)
+    assert isinstance(struct_info, msgspec.inspect.StructType)
+    for field in struct_info.fields:
+        hint = field.type
+        description = ""
+        if isinstance(hint, msgspec.inspect.Metadata):
+            description = (hint.extra_json_schema or {}).get("description", "") or ""
+            hint = hint.type
+        python_type = _PYTHON_TYPES[type(hint)]
+        docs[field.name] = (python_type, field.default, description)
+    return docs
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags stay None so variables can fill them."""
+    for name, (python_type, default, description) in field_docs().items():
+        help_text = f"{description} [{env_name(name)}, default {default!r}]"
+        if python_type is bool:
+            parser.add_argument(
+                flag_name(name), dest=name, default=None, action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(flag_name(name), dest=name, default=None, type=python_type, help=help_text)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _from_env(text: str, python_type: type, name: str) -> Any:
+    if python_type is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"{env_name(name)}={text!r} is not a boolean")
+    try:
+        return python_type(text)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={text!r} is not a valid {python_type.__name__}") from None
+
+
+def load_settings(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from flags, then `JETSOCK_*` variables, then keyword overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, (python_type, _default, _doc_text) in field_docs().items():
+        if env_name(name) in environ:
+            values[name] = _from_env(environ[env_name(name)], python_type, name)
+        flag_value = getattr(args, name, None) if args is not None else None
+        if flag_value is not None:
+            values[name] = flag_value
+    values.update(overrides)
+    return msgspec.convert(values, Settings, strict=False)
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="jetsock serve")
+    add_flags(parser)
+    return load_settings(parser.parse_args(list(argv)), environ)

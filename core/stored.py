@@ -1,0 +1,92 @@
+"""A room message as the stream stored it, ready to be framed for delivery.
+
+`data` is always valid JSON text: a payload that is JSON is kept byte for byte;
+one that is not becomes a JSON string when it is UTF-8, else base64 with
+`encoding = "base64"` (PROTOCOL.md section 5). The check runs once per message
+per node, not once per member.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+from collections.abc import Mapping
+
+import msgspec
+
+FROM_HEADER = "Jetsock-From"
+ID_HEADER = "Jetsock-Id"
+MSG_ID_HEADER = "Nats-Msg-Id"
+SEQUENCE_HEADER = "Nats-Sequence"
+LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
+TIMESTAMP_HEADER = "Nats-Time-Stamp"
+SUBJECT_HEADER = "Nats-Subject"
+
+_json_encode = msgspec.json.encode
+
+
+class StoredMessage(msgspec.Struct, frozen=True):
+    room: str
+    seq: int
+    ts: int
+    """Stored time, unix milliseconds."""
+    data: bytes
+    """Valid JSON text."""
+    id: str | None = None
+    sender: str | None = None
+    encoding: str | None = None
+
+
+def normalize_payload(payload: bytes) -> tuple[bytes, str | None]:
+    """The payload as JSON text, and the encoding when it had to be wrapped."""
+    if payload:
+        try:
+            msgspec.json.decode(payload, type=msgspec.Raw)
+            return payload, None
+        except msgspec.DecodeError:
+            pass
+    try:
+        return _json_encode(payload.decode("utf-8")), None
+    except UnicodeDecodeError:
+        return _json_encode(base64.b64encode(payload).decode("ascii")), "base64"
+
+
+def parse_timestamp_ms(text: str) -> int:
+    """RFC 3339 with up to nanoseconds (`2026-11-24T21:19:49.492953324Z`) to unix ms."""
+    # Runs once per message per node: slicing the fixed layout is several
+    # times cheaper than datetime parsing, and nanoseconds need truncating anyway.
+    try:
+        date, _, clock = text.partition("T")
+        year, month, day = (int(p) for p in date.split("-"))
+        zone_at = max(clock.find("Z"), clock.find("+"), clock.rfind("-"))
+        body, zone = (clock[:zone_at], clock[zone_at:]) if zone_at > 0 else (clock, "Z")
+        hms, _, fraction = body.partition(".")
+        hour, minute, second = (int(p) for p in hms.split(":"))
+        millis = int((fraction + "000")[:3]) if fraction else 0
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        if zone not in ("Z", "z"):
+            sign = 1 if zone[0] == "+" else -1
+            zh, zm = zone[1:].split(":")
+            seconds -= sign * (int(zh) * 3600 + int(zm) * 60)
+        return seconds * 1000 + millis
+    except (ValueError, IndexError):
+        return 0
+
+
+def message_id(headers: Mapping[str, str]) -> str | None:
+    """The publisher's idempotency key: the client's own id, else the backend's Nats-Msg-Id."""
+    return headers.get(ID_HEADER) or headers.get(MSG_ID_HEADER) or None
+
+
+def stored_message(room: str, seq: int, headers: Mapping[str, str] | None, payload: bytes) -> StoredMessage:
+    headers = headers or {}
+    data, encoding = normalize_payload(payload)
+    return StoredMessage(
+        room=room,
+        seq=seq,
+        ts=parse_timestamp_ms(headers.get(TIMESTAMP_HEADER, "")),
+        data=data,
+        id=message_id(headers),
+        sender=headers.get(FROM_HEADER) or None,
+        encoding=encoding,
+    )

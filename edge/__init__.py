@@ -1,0 +1,1 @@
+"""jetsock edge node: aiohttp WebSockets in front of the core broker."""

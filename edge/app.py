@@ -1,0 +1,66 @@
+"""The aiohttp application of one edge node, and running it until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+
+from core.settings import Settings
+from edge import http_api
+from edge.node import Node
+from edge.session import NODE_KEY, websocket_handler
+
+log = logging.getLogger(__name__)
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access log lines without the query string: a token put there must never be logged."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+
+
+def build_app(node: Node, servers: list[str]) -> web.Application:
+    app = web.Application(client_max_size=node.settings.max_frame_bytes + 1024)
+    app[NODE_KEY] = node
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await node.start(servers)
+        yield
+        await node.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/healthz", http_api.healthz)
+    app.router.add_get("/readyz", http_api.readyz)
+    app.router.add_get("/metrics", http_api.metrics)
+    app.router.add_post("/v1/rooms/{room}/messages", http_api.publish)
+    return app
+
+
+async def serve(settings: Settings, servers: list[str], started: asyncio.Future[None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return."""
+    node = Node(settings)
+    app = build_app(node, servers)
+    runner = web.AppRunner(app, access_log_class=PathOnlyAccessLogger, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    await site.start()
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if started is not None:
+        started.set_result(None)
+    try:
+        await stop.wait()
+        await node.drain()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,93 @@
+"""The `jetsock` command: `jetsock serve [flags]`, and `jetsock token` for development."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from core.auth import make_token
+from core.embedded import EmbeddedNats
+from core.settings import Settings, add_flags, load_settings
+from edge.app import serve
+
+log = logging.getLogger("jetsock")
+
+DEV_SECRET = "jetsock-development-secret-not-for-production"
+"""The HS256 key `make run` uses when JETSOCK_JWT_SECRET is not set. Development only."""
+
+
+def _banner(settings: Settings, nats_url: str) -> str:
+    token = make_token(settings.jwt_secret, "dev-user", join=[">"], publish=[">"], ttl=7 * 86400)
+    base = f"{settings.host}:{settings.port}"
+    return f"""
+jetsock is up.
+  WebSocket  ws://{base}/ws     (subprotocol jetsock.v1)
+  health     http://{base}/healthz  ready: http://{base}/readyz  metrics: http://{base}/metrics
+  NATS       {nats_url}
+
+Dev token (sub dev-user, may join and publish in every room, valid 7 days):
+  {token}
+
+Try it:
+  # publish over HTTP
+  curl -s -X POST http://{base}/v1/rooms/chat.lobby/messages \\
+       -H "Authorization: Bearer {token}" -H 'Content-Type: application/json' -d '{{"text":"hello"}}'
+  # listen from a browser console (on any page served by this node, or set JETSOCK_ALLOWED_ORIGINS):
+  const ws = new WebSocket("ws://{base}/ws", ["jetsock.v1", "bearer.{token}"]);
+  ws.onmessage = (e) => console.log(e.data);
+  ws.onopen = () => ws.send(JSON.stringify({{type: "join", room: "chat.lobby", since: 0}}));
+"""
+
+
+def _serve(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jetsock serve", description="Run a jetsock edge node.")
+    add_flags(parser)
+    settings = load_settings(parser.parse_args(argv))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not settings.jwt_secret and settings.dev:
+        settings = load_settings(parser.parse_args(argv), jwt_secret=DEV_SECRET)
+    if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
+        parser.error("set JETSOCK_JWT_SECRET (or --jwt-secret): client tokens cannot be verified without a key")
+    embedded: EmbeddedNats | None = None
+    servers = settings.nats_servers
+    try:
+        if not servers:
+            embedded = EmbeddedNats(Path(settings.data_dir) / "nats", port=settings.embedded_nats_port).start()
+            servers = [embedded.url]
+            log.info("embedded nats-server on %s, store in %s", embedded.url, embedded.store_dir)
+        started: asyncio.Future[None] | None = None
+
+        async def main() -> None:
+            nonlocal started
+            started = asyncio.get_running_loop().create_future()
+            started.add_done_callback(
+                lambda _f: settings.dev and print(_banner(settings, ",".join(servers)), flush=True)
+            )
+            await serve(settings, servers, started)
+
+        asyncio.run(main())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: jetsock serve [flags]   (jetsock serve --help lists every setting)")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "serve":
+        return _serve(rest)
+    print(f"jetsock: unknown command {command!r}; try: jetsock serve --help", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

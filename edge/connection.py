@@ -1,0 +1,119 @@
+"""One client connection's state: identity, rooms, outbox, limits and closing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+from aiohttp import web
+
+from core.auth import Principal
+from core.ratelimit import TokenBucket
+from edge.outbox import Flusher, Outbox
+from edge.wsframe import text_frame
+from schemas import CloseCode, Error, ErrorCode, ServerFrame
+from schemas.frames import Ref
+
+if TYPE_CHECKING:
+    from edge.node import Node
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+MAX_REASON_BYTES = 123
+"""RFC 6455: a close frame's reason fits in 123 bytes."""
+
+
+class Connection:
+    __slots__ = (
+        "session",
+        "ws",
+        "transport",
+        "outbox",
+        "principal",
+        "rooms",
+        "bucket",
+        "last_seen",
+        "last_ping",
+        "close_code",
+        "_node",
+        "_closing",
+        "_timers",
+        "__weakref__",
+    )
+
+    def __init__(self, node: Node, session: str, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        settings = node.settings
+        self._node = node
+        self.session = session
+        self.ws = ws
+        self.transport = transport
+        self.outbox = Outbox(transport, settings.max_pending_bytes, node.flusher, self._on_overflow)
+        self.principal: Principal | None = None
+        self.rooms: set[str] = set()
+        now = time.monotonic()
+        self.bucket = TokenBucket(settings.publish_rate, settings.publish_burst, now)
+        self.last_seen = now
+        self.last_ping = now
+        self.close_code: int | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # --- sending ------------------------------------------------------------
+
+    def send(self, frame: ServerFrame) -> None:
+        self.outbox.push(text_frame(_encode(frame)))
+
+    def error(self, code: ErrorCode, message: str, ref: Ref = None) -> None:
+        self.send(Error(code=code, message=message, ref=ref))
+
+    # --- timers -------------------------------------------------------------
+
+    def call_at(self, when: float, callback: asyncio.Handle | object) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_at(when, callback))  # type: ignore[arg-type]
+
+    def cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    # --- closing ------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def close(self, code: CloseCode | int, reason: str = "") -> None:
+        """Close with `code` (once); what was queued before goes out first."""
+        if self.close_code is not None:
+            return
+        self.close_code = int(code)
+        self.outbox.seal()
+        self._closing = asyncio.get_running_loop().create_task(self._close(int(code), reason))
+
+    async def wait_closed(self) -> None:
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def _close(self, code: int, reason: str) -> None:
+        message = reason.encode()[:MAX_REASON_BYTES]
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=message, drain=False),
+                self._node.settings.close_timeout + 1,
+            )
+        except (asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
+            log.debug("close of %s did not complete: %s", self.session, exc)
+        finally:
+            # A client that never reads would keep its unsent bytes here forever.
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+
+    def _on_overflow(self) -> None:
+        self._node.metrics.slow_consumers.add(1)
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound buffer full; reconnect and resume")

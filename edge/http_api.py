@@ -1,0 +1,77 @@
+"""HTTP endpoints: health, readiness, metrics and publishing for backends."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from core.auth import AuthError
+from core.broker import Unavailable
+from core.rooms import is_valid_room
+from edge.node import Node
+from edge.session import NODE_KEY
+from edge.telemetry import CONTENT_TYPE
+from schemas import ErrorCode
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _problem(status: int, code: ErrorCode, message: str) -> web.Response:
+    return web.json_response({"code": str(code), "message": message}, status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node: Node = request.app[NODE_KEY]
+    checks = {"nats": node.broker.connected, "draining": node.draining}
+    status = 200 if node.ready else 503
+    return web.json_response({"ready": node.ready, **checks}, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node: Node = request.app[NODE_KEY]
+    body = node.metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /v1/rooms/<room>/messages: the body is the JSON `data`; answers 201 {"seq": N}."""
+    node: Node = request.app[NODE_KEY]
+    room = request.match_info["room"]
+    if not is_valid_room(room):
+        return _problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _problem(401, ErrorCode.FORBIDDEN, "send Authorization: Bearer <JWT with publish rights>")
+    try:
+        principal = node.verifier.verify(token.strip())
+    except AuthError as exc:
+        return _problem(401, ErrorCode.FORBIDDEN, str(exc))
+    if not principal.can_publish(room):
+        return _problem(403, ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}")
+    if request.content_length is not None and request.content_length > node.settings.max_frame_bytes:
+        return _problem(413, ErrorCode.TOO_LARGE, f"at most {node.settings.max_frame_bytes} bytes")
+    body = await request.content.read(node.settings.max_frame_bytes + 1)
+    if len(body) > node.settings.max_frame_bytes:
+        return _problem(413, ErrorCode.TOO_LARGE, f"at most {node.settings.max_frame_bytes} bytes")
+    try:
+        msgspec.json.decode(body, type=msgspec.Raw)
+    except msgspec.DecodeError as exc:
+        return _problem(400, ErrorCode.BAD_REQUEST, f"the body must be JSON: {exc}")
+    key = request.headers.get(IDEMPOTENCY_HEADER) or None
+    if key is not None and len(key) > 256:
+        return _problem(400, ErrorCode.BAD_REQUEST, "Idempotency-Key is at most 256 characters")
+    try:
+        result = await node.broker.publish(room, body, sender=principal.sub, key=key)
+    except Unavailable as exc:
+        return _problem(503, ErrorCode.UNAVAILABLE, f"not stored, retry: {exc}")
+    node.metrics.messages_in.add(1, {"source": "http"})
+    answer: dict[str, object] = {"seq": result.seq}
+    if result.duplicate:
+        answer["duplicate"] = True
+    return web.json_response(answer, status=201)

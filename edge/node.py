@@ -1,0 +1,91 @@
+"""One edge node: settings, broker, room registry, connections, heartbeat and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+
+from core.auth import TokenVerifier
+from core.broker import Broker
+from core.settings import Settings
+from edge.connection import Connection
+from edge.outbox import Flusher
+from edge.registry import Registry
+from edge.telemetry import Metrics
+from edge.wsframe import PING_FRAME
+from schemas import CloseCode
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.node or f"{socket.gethostname()}-{os.getpid()}"
+        self.verifier = TokenVerifier(settings)
+        self.registry = Registry()
+        self.broker = Broker(settings, self.registry)
+        self.registry.broker = self.broker
+        self.flusher = Flusher()
+        self.connections: set[Connection] = set()
+        self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry.rooms))
+        self.draining = False
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self, servers: list[str]) -> None:
+        await self.broker.connect(servers, name=f"jetsock-edge {self.name}")
+        self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        log.info("node %s ready: stream %s, epoch %s", self.name, self.settings.stream, self.broker.epoch)
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for conn in list(self.connections):
+            conn.close(CloseCode.GOING_AWAY, "node stopping")
+        await asyncio.gather(*(c.wait_closed() for c in list(self.connections)), return_exceptions=True)
+        await self.broker.close()
+        self.metrics.shutdown()
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.broker.connected
+
+    async def _heartbeat_loop(self) -> None:
+        """Ping every connection each `heartbeat` s; close those silent for two (4009).
+
+        One task for the whole node, waking four times per heartbeat, so the
+        timeout fires between 2 and 2.25 heartbeats of silence.
+        """
+        heartbeat = self.settings.heartbeat
+        while True:
+            await asyncio.sleep(heartbeat / 4)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.principal is None or conn.closing:
+                    continue
+                if now - conn.last_seen > 2 * heartbeat:
+                    conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: nothing received for two heartbeats")
+                elif now - conn.last_ping >= heartbeat:
+                    conn.last_ping = now
+                    conn.outbox.push(PING_FRAME)
+
+    async def drain(self) -> None:
+        """Refuse new connections, then close the open ones with 1012 over drain_seconds."""
+        self.draining = True
+        conns = list(self.connections)
+        log.info("draining %d connections over %.1f s", len(conns), self.settings.drain_seconds)
+        steps = max(1, min(len(conns), int(self.settings.drain_seconds * 10)))
+        per_step = math.ceil(len(conns) / steps) if conns else 0
+        pause = self.settings.drain_seconds / steps
+        for i in range(steps):
+            for conn in conns[i * per_step : (i + 1) * per_step]:
+                conn.close(CloseCode.SERVICE_RESTART, "node restarting: reconnect and resume")
+            if (i + 1) * per_step >= len(conns):
+                break
+            await asyncio.sleep(pause)
+        await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+        log.info("drained")

@@ -1,0 +1,34 @@
+"""Server-to-client WebSocket frames as bytes (RFC 6455 section 5.2).
+
+Frames from a server are not masked, and jetsock negotiates no compression,
+so a frame is a fixed function of its payload: a room message is framed once
+and the same bytes go to every member's socket.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_FIN_TEXT = 0x81
+_FIN_PING = 0x89
+_FIN_PONG = 0x8A
+
+PING_FRAME = bytes((_FIN_PING, 0))
+
+
+def _header(first: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, final text frame carrying `payload` (UTF-8 JSON)."""
+    return _header(_FIN_TEXT, len(payload)) + payload
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """The reply to a client's ping, echoing its application data (at most 125 bytes)."""
+    return _header(_FIN_PONG, len(payload)) + payload

@@ -1,0 +1,46 @@
+"""jetsock wire types: frames, close codes and error codes (PROTOCOL.md)."""
+
+from schemas.codes import CloseCode, ErrorCode
+from schemas.frames import (
+    Ack,
+    Auth,
+    ClientFrame,
+    Error,
+    Expiring,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Msg,
+    Ping,
+    Pong,
+    Publish,
+    Refresh,
+    Refreshed,
+    Reset,
+    ServerFrame,
+    Welcome,
+)
+
+__all__ = [
+    "Ack",
+    "Auth",
+    "ClientFrame",
+    "CloseCode",
+    "Error",
+    "ErrorCode",
+    "Expiring",
+    "Join",
+    "Joined",
+    "Leave",
+    "Left",
+    "Msg",
+    "Ping",
+    "Pong",
+    "Publish",
+    "Refresh",
+    "Refreshed",
+    "Reset",
+    "ServerFrame",
+    "Welcome",
+]
