@@ -7,7 +7,7 @@ never imports nats. Room names are validated by the caller (core.rooms).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NATS
@@ -39,13 +39,44 @@ class PublishResult:
 
 
 class Replay:
-    """The outcome of a join with `since`: the messages to send, or not recoverable."""
+    """The outcome of a join with `since`: whether it is recoverable, and its messages in batches.
 
-    __slots__ = ("messages", "recovered")
+    The first batch is read before `joined` is sent (it decides `recovered`);
+    `batches()` yields it and then reads the rest one batch at a time, so a
+    long replay is never held in memory whole and the caller can wait for the
+    client between batches.
+    """
 
-    def __init__(self, messages: list[StoredMessage], recovered: bool) -> None:
-        self.messages = messages
+    __slots__ = ("recovered", "_first", "_more", "_room", "_upper", "_fetcher")
+
+    def __init__(
+        self,
+        recovered: bool,
+        first: list[StoredMessage] | None = None,
+        more: bool = False,
+        room: str = "",
+        upper: int = 0,
+        fetcher: RoomFetcher | None = None,
+    ) -> None:
         self.recovered = recovered
+        self._first = first or []
+        self._more = more
+        self._room = room
+        self._upper = upper
+        self._fetcher = fetcher
+
+    async def batches(self) -> AsyncIterator[list[StoredMessage]]:
+        batch = self._first
+        more = self._more
+        while batch:
+            yield batch
+            if not more or self._fetcher is None or batch[-1].seq >= self._upper:
+                return
+            try:
+                got = await self._fetcher.fetch(self._room, batch[-1].seq, REPLAY_BATCH, self._upper)
+            except FetchError as exc:
+                raise Unavailable(str(exc)) from None
+            batch, more = got.messages, got.pending > 0
 
 
 def scoped_msg_id(sub: str, key: str) -> str:
@@ -151,7 +182,7 @@ class Broker:
     # --- replay -----------------------------------------------------------
 
     async def replay(self, room: str, since: int, up_to: int) -> Replay:
-        """Messages of `room` with seq in (`since`, `up_to`], or recovered=False.
+        """The replay of `room` for seq in (`since`, `up_to`], or recovered=False.
 
         `since` is always a sequence the server handed out for this room (a
         delivered `seq`, or `joined.seq`, itself a room message's seq or 0).
@@ -164,21 +195,19 @@ class Broker:
         try:
             if since == 0:
                 if not await self._nothing_discarded(room):
-                    return Replay([], False)
+                    return Replay(False)
                 first = await self.fetcher.fetch(room, 0, min(limit + 1, REPLAY_BATCH), upper)
                 messages = first.messages
             else:
                 first = await self.fetcher.fetch(room, since - 1, min(limit + 2, REPLAY_BATCH), upper)
                 if not first.messages or first.messages[0].seq != since:
-                    return Replay([], False)
+                    return Replay(False)
                 messages = first.messages[1:]
-            if len(messages) + first.pending > limit:
-                return Replay([], False)
-            if first.pending and messages:
-                messages += await self.fetcher.fetch_all(room, messages[-1].seq, upper)
         except FetchError as exc:
             raise Unavailable(str(exc)) from None
-        return Replay(messages, True)
+        if len(messages) + first.pending > limit:
+            return Replay(False)
+        return Replay(True, messages, first.pending > 0, room, upper, self.fetcher)
 
     async def _nothing_discarded(self, room: str) -> bool:
         """For `since` = 0: true when no message of the room can have been removed."""

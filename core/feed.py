@@ -63,6 +63,7 @@ class LiveFeeds:
         self._fetcher = fetcher
         self._listener = listener
         self._rooms: dict[str, _RoomFeed] = {}
+        self._unsubscribing: set[asyncio.Task[None]] = set()
         self.repairs = 0
         """Gap repairs started (a counter for tests and metrics)."""
         self.repaired_messages = 0
@@ -88,7 +89,7 @@ class LiveFeeds:
                 await self._start(feed)
             except BaseException as exc:
                 if self._rooms.get(room) is feed:
-                    await self.unwatch(room)
+                    self.unwatch(room)
                 if not feed.ready.done():
                     feed.ready.set_exception(exc if isinstance(exc, Exception) else FetchError("cancelled"))
                     # Mark the exception retrieved: the awaiting joiners saw it.
@@ -107,17 +108,24 @@ class LiveFeeds:
             self._start_repair(feed)
         feed.ready.set_result(head)
 
-    async def unwatch(self, room: str) -> None:
+    def unwatch(self, room: str) -> None:
+        """Stop the room's feed now; the unsubscribe goes out in the background."""
         feed = self._rooms.pop(room, None)
         if feed is None:
             return
         if feed.repairing is not None:
             feed.repairing.cancel()
-        if feed.sub is not None:
-            try:
-                await feed.sub.unsubscribe()
-            except Exception as exc:  # closed or reconnecting: the interest dies with it
-                log.debug("unsubscribe from %s failed: %s", room, exc)
+        if feed.sub is not None and not self._nc.is_closed:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(feed.sub))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
+
+    @staticmethod
+    async def _unsubscribe(sub: Subscription) -> None:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # closed or reconnecting: the interest dies with the connection
+            log.debug("unsubscribe from %s failed: %s", sub.subject, exc)
 
     def _on_live(self, msg: Msg) -> None:
         room = msg.subject[len(LIVE_SUBJECT_PREFIX) :]

@@ -71,6 +71,14 @@ class Connection:
     def error(self, code: ErrorCode, message: str, ref: Ref = None) -> None:
         self.send(Error(code=code, message=message, ref=ref))
 
+    async def writable(self) -> None:
+        """Wait until the client has read enough that the outbox is at most half full."""
+        if self.outbox.pending <= self.outbox.limit // 2:
+            return
+        self.outbox.flush()
+        while self.outbox.pending > self.outbox.limit // 2 and not self.closing:
+            await asyncio.sleep(0.01)
+
     # --- timers -------------------------------------------------------------
 
     def call_at(self, when: float, callback: asyncio.Handle | object) -> None:
@@ -84,6 +92,11 @@ class Connection:
 
     # --- closing ------------------------------------------------------------
 
+    def leave_all(self) -> None:
+        for room in self.rooms:
+            self._node.registry.leave(self, room)
+        self.rooms.clear()
+
     @property
     def closing(self) -> bool:
         return self.close_code is not None
@@ -94,6 +107,8 @@ class Connection:
             return
         self.close_code = int(code)
         self.outbox.seal()
+        # Leave at once: fan-out stops counting a member that will get nothing.
+        self.leave_all()
         self._closing = asyncio.get_running_loop().create_task(self._close(int(code), reason))
 
     async def wait_closed(self) -> None:
@@ -102,17 +117,19 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         message = reason.encode()[:MAX_REASON_BYTES]
+        timeout = self._node.settings.close_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=message, drain=False),
-                self._node.settings.close_timeout + 1,
-            )
+            await asyncio.wait_for(self.ws.close(code=code, message=message, drain=False), timeout)
         except (asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
             log.debug("close of %s did not complete: %s", self.session, exc)
-        finally:
-            # A client that never reads would keep its unsent bytes here forever.
-            if self.transport.get_write_buffer_size():
-                self.transport.abort()
+        # The close frame is queued behind what the client has not read yet; a
+        # client that reads gets it, one that never reads is dropped at the deadline.
+        loop = asyncio.get_running_loop()
+        while self.transport.get_write_buffer_size() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
 
     def _on_overflow(self) -> None:
         self._node.metrics.slow_consumers.add(1)

@@ -59,6 +59,10 @@ class Outbox:
         self.bytes_out = 0
 
     @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
     def pending(self) -> int:
         """Bytes written but not yet taken by the client."""
         return self._size + self._transport.get_write_buffer_size()

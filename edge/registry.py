@@ -12,13 +12,12 @@ no gap and no duplicate.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from core.broker import Broker, Unavailable
+from core.broker import Broker, Replay
 from core.stored import StoredMessage
 from edge.wsframe import text_frame
 from schemas import Joined, Msg, Reset
@@ -72,7 +71,7 @@ class Room:
 class JoinResult:
     __slots__ = ("joined", "replay")
 
-    def __init__(self, joined: Joined, replay: list[StoredMessage]) -> None:
+    def __init__(self, joined: Joined, replay: Replay | None) -> None:
         self.joined = joined
         self.replay = replay
 
@@ -120,8 +119,9 @@ class Registry:
     async def join(self, conn: Connection, room: str, since: int | None, epoch: str | None) -> JoinResult | None:
         """Make `conn` a member of `room`; None when the connection left meanwhile.
 
-        The caller sends `joined`, then `replay`, then calls `go_live`, with no
-        await in between.
+        The caller sends `joined`, then the replay's batches, then drains
+        `take_held` until it is empty and calls `go_live` with no await between
+        the last two.
         """
         broker = self._broker()
         hub = self.rooms.get(room)
@@ -133,47 +133,56 @@ class Registry:
             await broker.feeds.watch(room)
             # Read after watch returns: anything newer than this reaches `held`.
             head = broker.feeds.cursor(room)
-            replay: list[StoredMessage] = []
-            recovered = False
+            replay: Replay | None = None
             member.seq = head
             if since is not None and (epoch is None or epoch == broker.epoch):
                 outcome = await broker.replay(room, since, head)
                 if outcome.recovered:
-                    recovered = True
-                    replay = outcome.messages
+                    replay = outcome
                     member.seq = max(head, since)
         except BaseException:
             if hub.members.get(conn) is member:
-                await self._remove(hub, conn)
+                self._remove(hub, conn)
             raise
         if hub.members.get(conn) is not member or self.rooms.get(room) is not hub:
             return None
+        recovered = replay is not None
         return JoinResult(Joined(room=room, epoch=broker.epoch, seq=head, recovered=recovered), replay)
 
-    def go_live(self, conn: Connection, room: str) -> None:
-        """Send what was held during the join and switch the member to live delivery."""
-        hub = self.rooms.get(room)
-        member = hub.members.get(conn) if hub is not None else None
-        if member is None or member.held is None:
-            return
-        held, member.held = member.held, None
-        for seq, frame in held:
-            if seq > member.seq:
-                member.seq = seq
-                conn.outbox.push(frame)
+    def take_held(self, conn: Connection, room: str) -> list[tuple[int, bytes]]:
+        """Frames held for a joining member since the last call (newer than what it got)."""
+        member = self._member(conn, room)
+        if member is None or not member.held:
+            return []
+        held, member.held = member.held, []
+        fresh = [(seq, frame) for seq, frame in held if seq > member.seq]
+        if fresh:
+            member.seq = fresh[-1][0]
+        return fresh
 
-    async def leave(self, conn: Connection, room: str) -> bool:
+    def go_live(self, conn: Connection, room: str) -> None:
+        """Switch a joined member to live delivery; nothing may be held any more."""
+        member = self._member(conn, room)
+        if member is not None:
+            assert not member.held, "take_held until empty before go_live"
+            member.held = None
+
+    def _member(self, conn: Connection, room: str) -> Member | None:
+        hub = self.rooms.get(room)
+        return hub.members.get(conn) if hub is not None else None
+
+    def leave(self, conn: Connection, room: str) -> bool:
         hub = self.rooms.get(room)
         if hub is None or conn not in hub.members:
             return False
-        await self._remove(hub, conn)
+        self._remove(hub, conn)
         return True
 
-    async def _remove(self, hub: Room, conn: Connection) -> None:
+    def _remove(self, hub: Room, conn: Connection) -> None:
         del hub.members[conn]
         if not hub.members and self.rooms.get(hub.name) is hub:
             del self.rooms[hub.name]
-            await self._broker().feeds.unwatch(hub.name)
+            self._broker().feeds.unwatch(hub.name)
 
     def _broker(self) -> Broker:
         assert self.broker is not None, "Registry.broker is set at start"

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from core.auth import AuthError, Principal
-from core.broker import Unavailable
+from core.broker import Replay, Unavailable
 from core.rooms import is_valid_room
 from edge.connection import Connection
 from edge.node import Node
@@ -116,9 +116,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     finally:
         node.connections.discard(conn)
         conn.cancel_timers()
-        for room in list(conn.rooms):
-            await node.registry.leave(conn, room)
-        conn.rooms.clear()
+        conn.leave_all()
         await conn.wait_closed()
         code = conn.close_code if conn.close_code is not None else ws.close_code
         node.metrics.closes.add(1, {"code": str(code)})
@@ -237,12 +235,28 @@ async def _join(node: Node, conn: Connection, frame: Join) -> None:
             return
         result.joined.ref = ref
         conn.send(result.joined)
-        for message in result.replay:
-            conn.outbox.push(encode_msg(message))
         node.metrics.joins.add(1)
-        if result.replay:
-            node.metrics.replayed.add(len(result.replay))
+        try:
+            await _send_backlog(node, conn, room, result.replay)
+        except Unavailable as exc:
+            # Continuity cannot be kept: the client rejoins with its last seq.
+            conn.close(CloseCode.TRY_AGAIN_LATER, f"replay interrupted: {exc}")
+            return
         node.registry.go_live(conn, room)
+
+
+async def _send_backlog(node: Node, conn: Connection, room: str, replay: Replay | None) -> None:
+    """Replayed, then held messages, pacing on the client: a long replay is not a slow consumer."""
+    if replay is not None:
+        async for batch in replay.batches():
+            for message in batch:
+                await conn.writable()
+                conn.outbox.push(encode_msg(message))
+            node.metrics.replayed.add(len(batch))
+    while held := node.registry.take_held(conn, room):
+        for _seq, frame in held:
+            await conn.writable()
+            conn.outbox.push(frame)
 
 
 async def _leave(node: Node, conn: Connection, frame: Leave) -> None:
@@ -250,7 +264,7 @@ async def _leave(node: Node, conn: Connection, frame: Leave) -> None:
         conn.error(ErrorCode.NOT_JOINED, f"not a member of {frame.room!r}", frame.ref)
         return
     conn.rooms.discard(frame.room)
-    await node.registry.leave(conn, frame.room)
+    node.registry.leave(conn, frame.room)
     conn.send(Left(room=frame.room, ref=frame.ref))
 
 
@@ -294,6 +308,6 @@ def _refresh(node: Node, conn: Connection, frame: Refresh) -> None:
     for room in sorted(conn.rooms):
         if not principal.can_join(room):
             conn.rooms.discard(room)
-            asyncio.get_running_loop().create_task(node.registry.leave(conn, room))
+            node.registry.leave(conn, room)
             conn.send(Left(room=room, reason="forbidden"))
     conn.send(Refreshed(exp=principal.exp, ref=frame.ref))
