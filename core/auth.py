@@ -24,7 +24,7 @@ class AuthError(Exception):
 class Principal:
     """An authenticated client: its subject, token expiry and room rights."""
 
-    __slots__ = ("sub", "exp", "join", "publish", "claims")
+    __slots__ = ("claims", "exp", "join", "publish", "sub")
 
     def __init__(self, sub: str, exp: int, join: RoomRights, publish: RoomRights, claims: dict[str, Any]) -> None:
         self.sub = sub

@@ -31,7 +31,7 @@ class Unavailable(Exception):
 
 
 class PublishResult:
-    __slots__ = ("seq", "duplicate")
+    __slots__ = ("duplicate", "seq")
 
     def __init__(self, seq: int, duplicate: bool) -> None:
         self.seq = seq
@@ -47,7 +47,7 @@ class Replay:
     client between batches.
     """
 
-    __slots__ = ("recovered", "_first", "_more", "_room", "_upper", "_fetcher")
+    __slots__ = ("_fetcher", "_first", "_more", "_room", "_upper", "recovered")
 
     def __init__(
         self,
@@ -165,6 +165,9 @@ class Broker:
     async def publish(self, room: str, data: bytes, *, sender: str | None, key: str | None) -> PublishResult:
         """Store `data` (valid JSON) in the room; the ack's sequence is its `seq`."""
         assert self._js is not None
+        if not self.connected:
+            # nats-py would buffer the publish until reconnected; answer at once instead.
+            raise Unavailable("NATS is not connected")
         headers: dict[str, str] = {}
         if sender is not None:
             headers[FROM_HEADER] = sender

@@ -49,7 +49,9 @@ def _die_with_parent() -> None:
 class EmbeddedNats:
     """A nats-server child process with JetStream and its store under `store_dir`."""
 
-    def __init__(self, store_dir: str | Path, port: int = 0, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, store_dir: str | Path, port: int = 0, host: str = "127.0.0.1", extra_args: list[str] | None = None
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
@@ -99,6 +101,3 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-

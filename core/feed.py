@@ -43,7 +43,7 @@ class FeedListener(Protocol):
 
 
 class _RoomFeed:
-    __slots__ = ("room", "cursor", "sub", "ready", "repairing", "target")
+    __slots__ = ("cursor", "ready", "repairing", "room", "sub", "target")
 
     def __init__(self, room: str, ready: asyncio.Future[int]) -> None:
         self.room = room

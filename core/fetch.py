@@ -40,7 +40,7 @@ class Batch:
 
 
 class _PendingFetch:
-    __slots__ = ("room", "messages", "done", "pending")
+    __slots__ = ("done", "messages", "pending", "room")
 
     def __init__(self, room: str, done: asyncio.Future[None]) -> None:
         self.room = room
@@ -91,7 +91,7 @@ class RoomFetcher:
         try:
             await self._nc.publish(self._api, json.dumps(request).encode(), reply=self._prefix + token)
             await asyncio.wait_for(done, self._timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise FetchError(f"direct get of room {room!r} timed out") from None
         except FetchError:
             raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 class TokenBucket:
     """`rate` tokens per second up to `burst`; `strikes` counts refusals in a row."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp", "strikes")
+    __slots__ = ("burst", "rate", "stamp", "strikes", "tokens")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate

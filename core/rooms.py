@@ -32,8 +32,7 @@ def is_valid_room(name: str) -> bool:
 def check_room(name: str) -> str:
     if not is_valid_room(name):
         raise InvalidRoom(
-            "a room name is 1-128 characters of [A-Za-z0-9_-] segments joined by '.', "
-            f"at most {MAX_SEGMENTS} segments"
+            f"a room name is 1-128 characters of [A-Za-z0-9_-] segments joined by '.', at most {MAX_SEGMENTS} segments"
         )
     return name
 
@@ -60,7 +59,7 @@ def room_of_subject(subject: str) -> str | None:
 class RoomPattern:
     """A NATS-style pattern over room names: `*` is one segment, `>` one or more trailing."""
 
-    __slots__ = ("text", "_segments")
+    __slots__ = ("_segments", "text")
 
     def __init__(self, text: str) -> None:
         segments = text.split(".")

@@ -25,23 +25,17 @@ def _doc(text: str) -> msgspec.Meta:
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     host: Annotated[str, _doc("Address to listen on; container images set 0.0.0.0.")] = "127.0.0.1"
     port: Annotated[int, _doc("TCP port for WebSockets and HTTP.")] = 8080
-    nats_url: Annotated[
-        str, _doc("Comma-separated NATS servers; empty starts an embedded nats-server.")
-    ] = ""
+    nats_url: Annotated[str, _doc("Comma-separated NATS servers; empty starts an embedded nats-server.")] = ""
     stream: Annotated[str, _doc("JetStream stream holding the rooms.")] = "ROOMS"
     replicas: Annotated[int, _doc("Stream replicas (3 on a 3-node NATS cluster).")] = 1
-    duplicate_window: Annotated[
-        float, _doc("Seconds during which a repeated publish id is stored once.")
-    ] = 120.0
-    max_age: Annotated[
-        float, _doc("Seconds a room message is kept in the stream; 0 keeps it forever.")
-    ] = 86400.0
+    duplicate_window: Annotated[float, _doc("Seconds during which a repeated publish id is stored once.")] = 120.0
+    max_age: Annotated[float, _doc("Seconds a room message is kept in the stream; 0 keeps it forever.")] = 86400.0
     max_msgs_per_room: Annotated[
         int, _doc("Messages kept per room (stream max_msgs_per_subject); -1 for no limit.")
     ] = 10000
-    max_replay: Annotated[
-        int, _doc("Most messages a join with `since` replays before answering recovered=false.")
-    ] = 10000
+    max_replay: Annotated[int, _doc("Most messages a join with `since` replays before answering recovered=false.")] = (
+        10000
+    )
     jwt_secret: Annotated[str, _doc("HS256 key for client tokens.")] = ""
     jwt_public_key: Annotated[str, _doc("PEM public key for RS256/ES256/EdDSA tokens.")] = ""
     jwks_url: Annotated[str, _doc("JWKS address for token keys.")] = ""
@@ -55,33 +49,25 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cookie_name: Annotated[str, _doc("Cookie that may carry the token.")] = "jetsock_token"
     auth_timeout: Annotated[float, _doc("Seconds a connection may take to send `auth`.")] = 5.0
     refresh_before: Annotated[float, _doc("Seconds before exp that `expiring` is sent.")] = 30.0
-    heartbeat: Annotated[
-        float, _doc("Seconds between server pings; silence for two closes with 4009.")
-    ] = 25.0
-    max_pending_bytes: Annotated[
-        int, _doc("Bytes a connection may leave unread before it is closed with 4008.")
-    ] = 1048576
+    heartbeat: Annotated[float, _doc("Seconds between server pings; silence for two closes with 4009.")] = 25.0
+    max_pending_bytes: Annotated[int, _doc("Bytes a connection may leave unread before it is closed with 4008.")] = (
+        1048576
+    )
     max_frame_bytes: Annotated[int, _doc("Largest frame accepted; larger closes with 1009.")] = 65536
     max_rooms_per_connection: Annotated[int, _doc("Rooms one connection may join.")] = 100
-    max_connections: Annotated[
-        int, _doc("Connections per node; past it upgrades are refused with 1013.")
-    ] = 18000
+    max_connections: Annotated[int, _doc("Connections per node; past it upgrades are refused with 1013.")] = 18000
     publish_rate: Annotated[float, _doc("Publishes per second per connection (refill rate).")] = 20.0
     publish_burst: Annotated[int, _doc("Publishes a connection may send at once.")] = 40
     rate_limit_strikes: Annotated[
         int, _doc("Rejected publishes in a row before the connection is closed with 4029.")
     ] = 50
-    drain_seconds: Annotated[
-        float, _doc("Seconds over which SIGTERM spreads the 1012 closes.")
-    ] = 10.0
-    close_timeout: Annotated[
-        float, _doc("Seconds to wait for a client's close frame before dropping the socket.")
-    ] = 5.0
+    drain_seconds: Annotated[float, _doc("Seconds over which SIGTERM spreads the 1012 closes.")] = 10.0
+    close_timeout: Annotated[float, _doc("Seconds to wait for a client's close frame before dropping the socket.")] = (
+        5.0
+    )
     node: Annotated[str, _doc("This node's name in `welcome`; empty derives host-pid.")] = ""
     data_dir: Annotated[str, _doc("Directory for the embedded nats-server's store.")] = ".data"
-    embedded_nats_port: Annotated[
-        int, _doc("Port of the embedded nats-server; 0 picks a free one.")
-    ] = 4222
+    embedded_nats_port: Annotated[int, _doc("Port of the embedded nats-server; 0 picks a free one.")] = 4222
     dev: Annotated[bool, _doc("Development mode: print a dev token and example on start.")] = False
     log_level: Annotated[str, _doc("Log level: debug, info, warning, error.")] = "info"
 
@@ -132,7 +118,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{description} [{env_name(name)}, default {default!r}]"
         if python_type is bool:
             parser.add_argument(
-                flag_name(name), dest=name, default=None, action=argparse.BooleanOptionalAction,
+                flag_name(name),
+                dest=name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
                 help=help_text,
             )
         else:

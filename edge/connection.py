@@ -12,7 +12,7 @@ from aiohttp import web
 
 from core.auth import Principal
 from core.ratelimit import TokenBucket
-from edge.outbox import Flusher, Outbox
+from edge.outbox import Outbox
 from edge.wsframe import text_frame
 from schemas import CloseCode, Error, ErrorCode, ServerFrame
 from schemas.frames import Ref
@@ -30,20 +30,20 @@ MAX_REASON_BYTES = 123
 
 class Connection:
     __slots__ = (
-        "session",
-        "ws",
-        "transport",
+        "__weakref__",
+        "_closing",
+        "_node",
+        "_timers",
+        "bucket",
+        "close_code",
+        "last_ping",
+        "last_seen",
         "outbox",
         "principal",
         "rooms",
-        "bucket",
-        "last_seen",
-        "last_ping",
-        "close_code",
-        "_node",
-        "_closing",
-        "_timers",
-        "__weakref__",
+        "session",
+        "transport",
+        "ws",
     )
 
     def __init__(self, node: Node, session: str, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
@@ -121,7 +121,7 @@ class Connection:
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=message, drain=False), timeout)
-        except (asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             log.debug("close of %s did not complete: %s", self.session, exc)
         # The close frame is queued behind what the client has not read yet; a
         # client that reads gets it, one that never reads is dropped at the deadline.

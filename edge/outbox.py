@@ -17,7 +17,7 @@ from collections.abc import Callable
 class Flusher:
     """Writes all outboxes that received frames during this loop pass."""
 
-    __slots__ = ("_dirty", "_scheduled", "_loop")
+    __slots__ = ("_dirty", "_loop", "_scheduled")
 
     def __init__(self) -> None:
         self._dirty: list[Outbox] = []
@@ -40,7 +40,7 @@ class Flusher:
 
 
 class Outbox:
-    __slots__ = ("_transport", "_chunks", "_size", "_limit", "_flusher", "_on_overflow", "closed", "bytes_out")
+    __slots__ = ("_chunks", "_flusher", "_limit", "_on_overflow", "_size", "_transport", "bytes_out", "closed")
 
     def __init__(
         self,

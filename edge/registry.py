@@ -50,7 +50,7 @@ def encode_msg(message: StoredMessage) -> bytes:
 class Member:
     """One connection's membership of one room."""
 
-    __slots__ = ("conn", "seq", "held")
+    __slots__ = ("conn", "held", "seq")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -61,7 +61,7 @@ class Member:
 
 
 class Room:
-    __slots__ = ("name", "members")
+    __slots__ = ("members", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -187,6 +187,3 @@ class Registry:
     def _broker(self) -> Broker:
         assert self.broker is not None, "Registry.broker is set at start"
         return self.broker
-
-
-

@@ -132,7 +132,7 @@ async def _serve(node: Node, conn: Connection, handshake_token: str | None) -> N
     if token is None:
         try:
             first = await ws.receive(timeout=settings.auth_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             conn.close(CloseCode.UNAUTHENTICATED, "no auth frame within auth_timeout")
             return
         frame = None

@@ -51,7 +51,9 @@ class Edge:
         return f"http://127.0.0.1:{self.settings.port}"
 
     async def start(self) -> Edge:
-        self.runner = web.AppRunner(build_app(self.node, self.servers), access_log_class=PathOnlyAccessLogger, shutdown_timeout=5)
+        self.runner = web.AppRunner(
+            build_app(self.node, self.servers), access_log_class=PathOnlyAccessLogger, shutdown_timeout=5
+        )
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.settings.port).start()
         return self
@@ -64,7 +66,11 @@ class Edge:
 
 def edge_settings(nats_url: str, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
-        "jwt_secret": SECRET, "nats_url": nats_url, "port": free_port(), "node": "test-node", "close_timeout": 1.0,
+        "jwt_secret": SECRET,
+        "nats_url": nats_url,
+        "port": free_port(),
+        "node": "test-node",
+        "close_timeout": 1.0,
     }
     base.update(overrides)
     return load_settings(environ={}, **base)

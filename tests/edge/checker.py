@@ -46,4 +46,6 @@ def _diff(got: list[int], want: list[int]) -> str:
     extra = sorted(set(got) - set(want))
     dups = sorted({s for s in got if got.count(s) > 1})
     order = got == sorted(got)
-    return f"missing={missing[:10]} extra={extra[:10]} duplicates={dups[:10]} in_order={order} ({len(got)} vs {len(want)})"
+    return (
+        f"missing={missing[:10]} extra={extra[:10]} duplicates={dups[:10]} in_order={order} ({len(got)} vs {len(want)})"
+    )

@@ -140,8 +140,10 @@ async def test_metrics_move_with_traffic(edge: Edge) -> None:
     # The ack and the msg race each other: either may come first.
     assert sorted([(await client.recv())["type"], (await client.recv())["type"]]) == ["ack", "msg"]
     after = await scrape()
-    assert metric(after, "jetsock_messages_in_total", source="client") == metric(
-        before, "jetsock_messages_in_total", source="client") + 1
+    assert (
+        metric(after, "jetsock_messages_in_total", source="client")
+        == metric(before, "jetsock_messages_in_total", source="client") + 1
+    )
     assert metric(after, "jetsock_joins_total") == metric(before, "jetsock_joins_total") + 1
     assert metric(after, "jetsock_connections") == 1
     assert metric(after, "jetsock_rooms_active") == 1

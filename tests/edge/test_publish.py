@@ -70,8 +70,13 @@ async def test_backend_publish_over_nats_with_headers(edge: Edge, backend: Any) 
     assert dup.duplicate and dup.seq == ack.seq
     msg = await listener.expect("msg")
     assert msg == {
-        "type": "msg", "room": "orders.eu", "seq": ack.seq, "ts": msg["ts"],
-        "data": {"order": 17}, "id": "order-17", "from": "billing",
+        "type": "msg",
+        "room": "orders.eu",
+        "seq": ack.seq,
+        "ts": msg["ts"],
+        "data": {"order": 17},
+        "id": "order-17",
+        "from": "billing",
     }
     assert (await listener.request(type="ping"))["type"] == "pong"
     await listener.close()
