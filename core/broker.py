@@ -7,7 +7,7 @@ never imports nats. Room names are validated by the caller (core.rooms).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import nats
 from nats.aio.client import Client as NATS
@@ -93,7 +93,7 @@ class Broker:
         self._fetcher: RoomFetcher | None = None
         self._feeds: LiveFeeds | None = None
         self.epoch = ""
-        self.on_state: Callable[[bool], Awaitable[None] | None] | None = None
+        self._closing = False
 
     # --- lifecycle --------------------------------------------------------
 
@@ -115,6 +115,7 @@ class Broker:
         self._feeds = LiveFeeds(self.nc, self._fetcher, self._listener)
 
     async def close(self) -> None:
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
@@ -133,7 +134,8 @@ class Broker:
         return self._fetcher
 
     async def _on_disconnected(self) -> None:
-        log.warning("NATS disconnected")
+        if not self._closing:
+            log.warning("NATS disconnected")
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error: %s", exc)
