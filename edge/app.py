@@ -61,6 +61,13 @@ async def serve(settings: Settings, servers: list[str], started: asyncio.Future[
         started.set_result(None)
     try:
         await stop.wait()
-        await node.drain()
+        drain = asyncio.ensure_future(node.drain())
+        # A second signal skips the rest of the drain.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, drain.cancel)
+        try:
+            await drain
+        except asyncio.CancelledError:
+            log.warning("drain cut short by a second signal")
     finally:
         await runner.cleanup()

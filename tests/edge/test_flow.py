@@ -94,9 +94,17 @@ async def test_slow_consumer_closed_4008_fast_one_unaffected_and_resume_loses_no
     await fast.close()
 
 
-async def test_drain_closes_1012_and_readyz_turns_503(make_edge: Any) -> None:
-    edge = await make_edge(drain_seconds=0.5)
-    clients = [await connect(edge.url, f"d{i}") for i in range(5)]
+async def test_drain_closes_1012_spread_out_and_readyz_turns_503(make_edge: Any) -> None:
+    edge = await make_edge(drain_seconds=1.0)
+    clients = [await connect(edge.url, f"d{i}") for i in range(20)]
+    closed_at: list[float] = []
+
+    async def watch(client: Any) -> None:
+        code, _ = await client.closed()
+        assert code == 1012
+        closed_at.append(asyncio.get_running_loop().time())
+
+    watchers = [asyncio.create_task(watch(c)) for c in clients]
     async with aiohttp.ClientSession() as http:
         async with http.get(edge.http + "/readyz") as r:
             assert r.status == 200
@@ -106,10 +114,10 @@ async def test_drain_closes_1012_and_readyz_turns_503(make_edge: Any) -> None:
             assert r.status == 503 and (await r.json())["draining"] is True
         async with http.get(edge.http + "/healthz") as r:
             assert r.status == 200
-        for client in clients:
-            code, _ = await client.closed()
-            assert code == 1012
+        await asyncio.gather(*watchers)
         await drain
+        # Spread over drain_seconds, not a thundering herd of reconnects.
+        assert max(closed_at) - min(closed_at) >= 0.5
         try:
             await http.ws_connect(edge.url)
             raise AssertionError("upgrade accepted while draining")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.conftest import Edge, connect, token
@@ -139,3 +140,33 @@ async def test_publish_without_joining_and_unicode_data(edge: Edge) -> None:
     assert msg["data"] == data and msg["seq"] == ack["seq"]
     await listener.close()
     await sender.close()
+
+
+async def test_room_feed_lives_only_while_the_node_has_members(edge: Edge) -> None:
+    feeds = edge.node.broker.feeds
+    a = await connect(edge.url, "a")
+    b = await connect(edge.url, "b")
+    await a.request(type="join", room="interest")
+    await b.request(type="join", room="interest")
+    assert "interest" in feeds
+    await a.request(type="leave", room="interest")
+    assert "interest" in feeds
+    await b.close()  # the last member goes away by disconnecting
+    async with asyncio.timeout(5):
+        while "interest" in feeds:
+            await asyncio.sleep(0.01)
+    assert "interest" not in edge.node.registry.rooms
+    await a.close()
+
+
+async def test_a_thousand_rooms_do_not_cost_a_thousand_tasks(make_edge: object) -> None:
+    edge = await make_edge(max_rooms_per_connection=1000)  # type: ignore[operator]
+    client = await connect(edge.url)
+    baseline = len(asyncio.all_tasks())
+    for i in range(1000):
+        await client.send(type="join", room=f"many.r{i}")
+    for _ in range(1000):
+        assert (await client.recv())["type"] == "joined"
+    assert len(edge.node.broker.feeds) == 1000
+    assert len(asyncio.all_tasks()) - baseline < 20
+    await client.close()
