@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -33,6 +34,7 @@ class Connection:
         "__weakref__",
         "_closing",
         "_node",
+        "_tasks",
         "_timers",
         "bucket",
         "close_code",
@@ -62,6 +64,7 @@ class Connection:
         self.close_code: int | None = None
         self._closing: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- sending ------------------------------------------------------------
 
@@ -89,6 +92,14 @@ class Connection:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the read loop; it is cancelled when the connection ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- closing ------------------------------------------------------------
 

@@ -69,10 +69,11 @@ class Room:
 
 
 class JoinResult:
-    __slots__ = ("joined", "replay")
+    __slots__ = ("joined", "member", "replay")
 
-    def __init__(self, joined: Joined, replay: Replay | None) -> None:
+    def __init__(self, joined: Joined, member: Member, replay: Replay | None) -> None:
         self.joined = joined
+        self.member = member
         self.replay = replay
 
 
@@ -121,7 +122,7 @@ class Registry:
 
         The caller sends `joined`, then the replay's batches, then drains
         `take_held` until it is empty and calls `go_live` with no await between
-        the last two.
+        the last two, checking `is_current` after every await.
         """
         broker = self._broker()
         hub = self.rooms.get(room)
@@ -147,12 +148,12 @@ class Registry:
         if hub.members.get(conn) is not member or self.rooms.get(room) is not hub:
             return None
         recovered = replay is not None
-        return JoinResult(Joined(room=room, epoch=broker.epoch, seq=head, recovered=recovered), replay)
+        return JoinResult(Joined(room=room, epoch=broker.epoch, seq=head, recovered=recovered), member, replay)
 
-    def take_held(self, conn: Connection, room: str) -> list[tuple[int, bytes]]:
+    @staticmethod
+    def take_held(member: Member) -> list[tuple[int, bytes]]:
         """Frames held for a joining member since the last call (newer than what it got)."""
-        member = self._member(conn, room)
-        if member is None or not member.held:
+        if not member.held:
             return []
         held, member.held = member.held, []
         fresh = [(seq, frame) for seq, frame in held if seq > member.seq]
@@ -160,16 +161,16 @@ class Registry:
             member.seq = fresh[-1][0]
         return fresh
 
-    def go_live(self, conn: Connection, room: str) -> None:
+    @staticmethod
+    def go_live(member: Member) -> None:
         """Switch a joined member to live delivery; nothing may be held any more."""
-        member = self._member(conn, room)
-        if member is not None:
-            assert not member.held, "take_held until empty before go_live"
-            member.held = None
+        assert not member.held, "take_held until empty before go_live"
+        member.held = None
 
-    def _member(self, conn: Connection, room: str) -> Member | None:
+    def is_current(self, member: Member, room: str) -> bool:
+        """Whether `member` still is its connection's membership of `room` (not left, not rejoined)."""
         hub = self.rooms.get(room)
-        return hub.members.get(conn) if hub is not None else None
+        return hub is not None and hub.members.get(member.conn) is member
 
     def leave(self, conn: Connection, room: str) -> bool:
         hub = self.rooms.get(room)

@@ -17,7 +17,7 @@ from core.rooms import is_valid_room
 from edge.connection import Connection
 from edge.node import Node
 from edge.origin import origin_allowed
-from edge.registry import encode_msg
+from edge.registry import Member, encode_msg
 from edge.wsframe import pong_frame
 from schemas import (
     Ack,
@@ -236,27 +236,39 @@ async def _join(node: Node, conn: Connection, frame: Join) -> None:
         result.joined.ref = ref
         conn.send(result.joined)
         node.metrics.joins.add(1)
-        try:
-            await _send_backlog(node, conn, room, result.replay)
-        except Unavailable as exc:
-            # Continuity cannot be kept: the client rejoins with its last seq.
-            conn.close(CloseCode.TRY_AGAIN_LATER, f"replay interrupted: {exc}")
-            return
-        node.registry.go_live(conn, room)
+        member = result.member
+        if result.replay is None and not member.held:
+            node.registry.go_live(member)
+        else:
+            # The backlog is paced by the client's reading; the read loop goes on
+            # meanwhile, so pings, pongs and other requests are not held up.
+            conn.spawn(_send_backlog(node, conn, room, member, result.replay))
 
 
-async def _send_backlog(node: Node, conn: Connection, room: str, replay: Replay | None) -> None:
-    """Replayed, then held messages, pacing on the client: a long replay is not a slow consumer."""
-    if replay is not None:
-        async for batch in replay.batches():
-            for message in batch:
+async def _send_backlog(node: Node, conn: Connection, room: str, member: Member, replay: Replay | None) -> None:
+    """Replayed, then held messages, then live; stops if the member leaves meanwhile."""
+    registry = node.registry
+    try:
+        if replay is not None:
+            async for batch in replay.batches():
+                for message in batch:
+                    await conn.writable()
+                    if not registry.is_current(member, room):
+                        return
+                    conn.outbox.push(encode_msg(message))
+                node.metrics.replayed.add(len(batch))
+        while held := registry.take_held(member):
+            for _seq, frame in held:
                 await conn.writable()
-                conn.outbox.push(encode_msg(message))
-            node.metrics.replayed.add(len(batch))
-    while held := node.registry.take_held(conn, room):
-        for _seq, frame in held:
-            await conn.writable()
-            conn.outbox.push(frame)
+                if not registry.is_current(member, room):
+                    return
+                conn.outbox.push(frame)
+    except Unavailable as exc:
+        # Continuity cannot be kept: the client reconnects and rejoins with its last seq.
+        conn.close(CloseCode.TRY_AGAIN_LATER, f"replay interrupted: {exc}")
+        return
+    if registry.is_current(member, room):
+        registry.go_live(member)
 
 
 async def _leave(node: Node, conn: Connection, frame: Leave) -> None:

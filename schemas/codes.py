@@ -1,7 +1,7 @@
 """Close codes and error codes, holding their wire values.
 
 Each close code's docstring line says what a client does on receiving it
-(PROTOCOL.md section 7); clients read the policy from `reconnect_policy`.
+(PROTOCOL.md section 7); `CloseCode.recoverable` gives the policy.
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ from schemas.codes import ErrorCode
 Ref = int | str | None
 """A client-chosen request id, echoed in the reply."""
 
-RoomName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-
 
 class _Frame(msgspec.Struct, tag_field="type", omit_defaults=True, forbid_unknown_fields=False):
     pass
