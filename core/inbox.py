@@ -28,8 +28,12 @@ class CallbackQueue(asyncio.Queue):  # type: ignore[type-arg]
     def __init__(self, handler: MsgHandler) -> None:
         super().__init__()
         self._handler = handler
+        self.sub: Subscription | None = None
 
     def put_nowait(self, item: Any) -> None:
+        if self.sub is not None:
+            # nats-py counts bytes in, expecting a consumer to count them out.
+            self.sub._pending_size = 0
         self._handler(item)
 
 
@@ -37,8 +41,10 @@ async def subscribe_direct(nc: NATS, subject: str, handler: MsgHandler) -> Subsc
     """Subscribe so that messages reach `handler` synchronously, with no task of their own."""
     sub = await nc.subscribe(subject, pending_bytes_limit=0)
     # Relies on nats-py delivering through `sub._pending_queue.put_nowait`
-    # (nats-py 2.x); tests/core/test_inbox.py fails if that ever changes.
-    sub._pending_queue = CallbackQueue(handler)
+    # (nats-py 2.x); tests/core/test_feed.py fails if that ever changes.
+    queue = CallbackQueue(handler)
+    queue.sub = sub
+    sub._pending_queue = queue
     if sub._message_iterator is not None:
-        sub._message_iterator._queue = sub._pending_queue
+        sub._message_iterator._queue = queue
     return sub

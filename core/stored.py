@@ -39,16 +39,18 @@ class StoredMessage(msgspec.Struct, frozen=True):
 
 def normalize_payload(payload: bytes) -> tuple[bytes, str | None]:
     """The payload as JSON text, and the encoding when it had to be wrapped."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        # JSON text is UTF-8 (RFC 8259); msgspec does not check the bytes inside strings.
+        return _json_encode(base64.b64encode(payload).decode("ascii")), "base64"
     if payload:
         try:
             msgspec.json.decode(payload, type=msgspec.Raw)
             return payload, None
         except msgspec.DecodeError:
             pass
-    try:
-        return _json_encode(payload.decode("utf-8")), None
-    except UnicodeDecodeError:
-        return _json_encode(base64.b64encode(payload).decode("ascii")), "base64"
+    return _json_encode(text), None
 
 
 def parse_timestamp_ms(text: str) -> int:

@@ -77,7 +77,13 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> StreamInfo:
     try:
         info = await js.stream_info(settings.stream)
     except NotFoundError:
-        return await js.add_stream(wanted)
+        try:
+            return await js.add_stream(wanted)
+        except BadRequestError as exc:
+            raise StreamMismatch(
+                f"cannot create stream {settings.stream!r} on {ROOMS_SUBJECTS}: {exc.description} "
+                "(another stream may already hold these subjects)"
+            ) from None
     diff = differences(info.config, wanted)
     if not diff:
         return info

@@ -43,7 +43,24 @@ def room_names(draw: st.DrawFn) -> str:
 # Characters outside the alphabet and the dot: wildcards, `$`, whitespace,
 # look-alike dots, control characters, anything else unicode has.
 FORBIDDEN = st.characters(exclude_characters=ALPHABET + ".")
-SPECIAL = ["*", ">", "$", " ", "\t", "\n", "\r", "\x00", "\u2024", "\uff0e", "\u3002", "/", "\\", "\u00a0", "é", "Ａ"]
+SPECIAL = [
+    "*",
+    ">",
+    "$",
+    " ",
+    "\t",
+    "\n",
+    "\r",
+    "\x00",
+    "\u2024",
+    "\uff0e",
+    "\u3002",
+    "/",
+    "\\",
+    "\u00a0",
+    "\u00e9",
+    "\uff21",
+]
 
 
 # ---------------------------------------------------------------- valid names
@@ -81,7 +98,7 @@ def assert_invalid(name: str) -> None:
 
 @FAST
 @given(room_names(), FORBIDDEN, st.data())
-def test_a_character_outside_the_alphabet_anywhere_makes_a_name_invalid(name: str, bad: str, data: st.DataObject) -> None:
+def test_a_character_outside_the_alphabet_makes_a_name_invalid(name: str, bad: str, data: st.DataObject) -> None:
     at = data.draw(st.integers(0, len(name)))
     assert_invalid(name[:at] + bad + name[at:])
 
@@ -148,7 +165,7 @@ def test_listed_invalid_names() -> None:
         "a\uff0eb",
         "a\u3002b",
         "a\x00",
-        "ｒｏｏｍ",
+        "\uff52\uff4f\uff4f\uff4d",  # fullwidth "room"
     ]
     for name in cases:
         assert_invalid(name)
@@ -169,7 +186,8 @@ def test_too_many_segments_is_invalid(count: int) -> None:
 
 
 def test_room_of_subject_rejects_other_subjects() -> None:
-    for subject in ("rooms", "rooms.", "live.rooms.", "room.a", "other.a", "live.a", "$JS.API.x", "rooms.a.*", "rooms.>"):
+    others = ("rooms", "rooms.", "live.rooms.", "room.a", "other.a", "live.a", "$JS.API.x", "rooms.a.*", "rooms.>")
+    for subject in others:
         assert room_of_subject(subject) is None, subject
     # A room may itself be called "rooms" or "live"; the prefix is stripped once.
     assert room_of_subject("rooms.rooms") == "rooms"
