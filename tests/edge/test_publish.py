@@ -89,12 +89,17 @@ async def test_non_json_payloads_are_wrapped(edge: Edge, backend: Any) -> None:
     await js.publish("rooms.raw", b"plain text, not JSON")
     await js.publish("rooms.raw", b"\xff\xfe\x00binary")
     await js.publish("rooms.raw", b"")
+    await js.publish("rooms.raw", b'{"looks": "like JSON \xff"}')
     text = await listener.expect("msg")
     assert text["data"] == "plain text, not JSON" and "encoding" not in text
     binary = await listener.expect("msg")
     assert binary["encoding"] == "base64" and base64.b64decode(binary["data"]) == b"\xff\xfe\x00binary"
     empty = await listener.expect("msg")
     assert empty["data"] == ""
+    # JSON-shaped but not UTF-8: a text frame must stay valid UTF-8, so base64.
+    lookalike = await listener.expect("msg")
+    assert lookalike["encoding"] == "base64"
+    assert base64.b64decode(lookalike["data"]) == b'{"looks": "like JSON \xff"}'
     await listener.close()
 
 
