@@ -16,13 +16,13 @@ run: $(STAMP)
 	exec $(BIN)/jetsock serve --dev
 
 test: $(STAMP)
-	$(BIN)/ruff check core edge schemas tests
+	$(BIN)/ruff check core edge schemas tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check core edge schemas tests
-	$(BIN)/ruff format --check core edge schemas tests
+	$(BIN)/ruff check core edge schemas tests bench
+	$(BIN)/ruff format --check core edge schemas tests bench
 	$(BIN)/mypy
 
 schema: $(STAMP)

@@ -5,7 +5,7 @@
    /proc) divided by the deliveries the clients counted.
 2. RSS per idle authenticated connection: the edge's RSS with K connections
    (authenticated, each in 2 rooms) minus its RSS before they connected,
-   divided by K.
+   divided by K; once with no rooms, once with each connection in 2 rooms.
 
 The edge runs as `jetsock serve` in its own process, against a nats-server
 from the wheel; the clients run here, in this process, so their cost is not
@@ -52,7 +52,9 @@ def progress(text: str) -> None:
     print(f"\r{text:<78}", end="", file=sys.stderr, flush=True)
 
 
-async def open_clients(url: str, count: int, rooms: list[str]) -> tuple[aiohttp.ClientSession, list[aiohttp.ClientWebSocketResponse]]:
+async def open_clients(
+    url: str, count: int, rooms: list[str]
+) -> tuple[aiohttp.ClientSession, list[aiohttp.ClientWebSocketResponse]]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     token = make_token(SECRET, "bench", join=[">"], publish=[">"], ttl=3600)
     sockets: list[aiohttp.ClientWebSocketResponse] = []
@@ -114,10 +116,10 @@ async def fanout(url: str, nats_url: str, pid: int, clients: int, messages: int)
     }
 
 
-async def idle(url: str, pid: int, count: int) -> dict[str, float]:
+async def idle(url: str, pid: int, count: int, rooms: list[str]) -> dict[str, float]:
     await asyncio.sleep(1)
     before = rss_kb(pid)
-    session, sockets = await open_clients(url, count, ["bench.idle.a", "bench.idle.b"])
+    session, sockets = await open_clients(url, count, rooms)
     await asyncio.sleep(2)
     after = rss_kb(pid)
     for ws in sockets:
@@ -125,6 +127,7 @@ async def idle(url: str, pid: int, count: int) -> dict[str, float]:
     await session.close()
     return {
         "connections": count,
+        "rooms_per_conn": len(rooms),
         "rss_before_kb": before,
         "rss_after_kb": after,
         "rss_kb_per_conn": round((after - before) / count, 2),
@@ -137,16 +140,23 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--idle", type=int, default=5000)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
     }
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as server:
-        for name, run in (("fanout", "fanout"), ("idle", "idle")):
+        scenarios = (("fanout", []), ("idle_no_rooms", []), ("idle_2_rooms", ["bench.idle.a", "bench.idle.b"]))
+        for name, rooms in scenarios:
             port = free_port()
-            env = {**os.environ, "JETSOCK_NATS_URL": server.url, "JETSOCK_JWT_SECRET": SECRET, "JETSOCK_PORT": str(port),
-                   "JETSOCK_LOG_LEVEL": "warning", "JETSOCK_DRAIN_SECONDS": "1"}
+            env = {
+                **os.environ,
+                "JETSOCK_NATS_URL": server.url,
+                "JETSOCK_JWT_SECRET": SECRET,
+                "JETSOCK_PORT": str(port),
+                "JETSOCK_LOG_LEVEL": "warning",
+                "JETSOCK_DRAIN_SECONDS": "1",
+            }
             edge = subprocess.Popen([str(Path(sys.executable).parent / "jetsock"), "serve"], env=env)
             url = f"ws://127.0.0.1:{port}/ws"
             try:
@@ -158,10 +168,10 @@ async def main() -> None:
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.1)
-                if run == "fanout":
+                if name == "fanout":
                     results[name] = await fanout(url, server.url, edge.pid, args.clients, args.messages)
                 else:
-                    results[name] = await idle(url, edge.pid, args.idle)
+                    results[name] = await idle(url, edge.pid, args.idle, rooms)
             finally:
                 edge.terminate()
                 edge.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -42,6 +43,15 @@ Try it:
 """
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jetsock serve", description="Run a jetsock edge node.")
     add_flags(parser)
@@ -57,7 +67,11 @@ def _serve(argv: list[str]) -> int:
     servers = settings.nats_servers
     try:
         if not servers:
-            embedded = EmbeddedNats(Path(settings.data_dir) / "nats", port=settings.embedded_nats_port).start()
+            port = settings.embedded_nats_port
+            if port and not _port_free(port):
+                log.warning("port %d is taken; the embedded nats-server takes a free one", port)
+                port = 0
+            embedded = EmbeddedNats(Path(settings.data_dir) / "nats", port=port).start()
             servers = [embedded.url]
             log.info("embedded nats-server on %s, store in %s", embedded.url, embedded.store_dir)
         started: asyncio.Future[None] | None = None
