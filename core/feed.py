@@ -142,7 +142,10 @@ class LiveFeeds:
         verdict = feed.cursor.judge(seq, int(headers.get(LAST_SEQUENCE_HEADER, 0)))
         if verdict is Verdict.DELIVER:
             feed.cursor.seq = seq
-            self._listener.deliver(room, [stored_message(room, seq, headers, msg.data)])
+            try:
+                self._listener.deliver(room, [stored_message(room, seq, headers, msg.data)])
+            except Exception:  # a listener bug must not stop nats-py's reader for every room
+                log.exception("delivering seq %d of room %s failed", seq, room)
         elif verdict is Verdict.GAP:
             feed.target = seq
             self._start_repair(feed)

@@ -32,7 +32,9 @@ class Node:
         self.registry.broker = self.broker
         self.flusher = Flusher()
         self.connections: set[Connection] = set()
-        self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry.rooms))
+        self.metrics = Metrics(
+            lambda: len(self.connections), lambda: len(self.registry.rooms), lambda: self.registry.deliveries
+        )
         self.draining = False
         self._heartbeat: asyncio.Task[None] | None = None
 

@@ -92,7 +92,8 @@ class Registry:
         hub = self.rooms.get(room)
         if hub is None:
             return
-        members = hub.members.values()
+        # A snapshot: a member may leave while we walk them (a close from a timer, a test hook).
+        members = tuple(hub.members.values())
         for message in messages:
             frame = encode_msg(message)
             seq = message.seq
@@ -102,14 +103,14 @@ class Registry:
                 elif seq > member.seq:
                     member.seq = seq
                     member.conn.outbox.push(frame)
-            self.deliveries += len(hub.members)
+            self.deliveries += len(members)
 
     def reset(self, room: str, epoch: str, seq: int) -> None:
         hub = self.rooms.get(room)
         if hub is None:
             return
         frame = text_frame(_encode(Reset(room=room, epoch=epoch, seq=seq)))
-        for member in hub.members.values():
+        for member in tuple(hub.members.values()):
             member.seq = seq
             if member.held is not None:
                 member.held.clear()

@@ -18,7 +18,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    def __init__(self, connections: Callable[[], int], rooms: Callable[[], int]) -> None:
+    def __init__(self, connections: Callable[[], int], rooms: Callable[[], int], deliveries: Callable[[], int]) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         self._reader = PrometheusMetricReader(registry=self._registry)
         self._provider = MeterProvider(metric_readers=[self._reader])
@@ -36,7 +36,10 @@ class Metrics:
         self.messages_in = meter.create_counter(
             "jetsock.messages.in", description="Messages published through this node, by source"
         )
-        self.messages_out = meter.create_counter("jetsock.messages.out", description="Room messages delivered")
+        # Fan-out counts deliveries in a plain int (no SDK call per member); read at scrape time.
+        meter.create_observable_counter(
+            "jetsock.messages.out", callbacks=[gauge(deliveries)], description="Room messages pushed to members"
+        )
         self.joins = meter.create_counter("jetsock.joins", description="Room joins")
         self.replayed = meter.create_counter("jetsock.replay.messages", description="Messages sent by replays")
         self.closes = meter.create_counter("jetsock.closes", description="Connections closed, by close code")

@@ -155,4 +155,26 @@ async def test_metrics_move_with_traffic(edge: Edge) -> None:
     assert metric(after, "jetsock_joins_total") == metric(before, "jetsock_joins_total") + 1
     assert metric(after, "jetsock_connections") == 1
     assert metric(after, "jetsock_rooms_active") == 1
+    assert metric(after, "jetsock_messages_out_total") == metric(before, "jetsock_messages_out_total") + 1
     await client.close()
+
+
+async def test_overflow_during_fanout_closes_members_without_breaking_the_room(make_edge: Any, backend: Any) -> None:
+    # A message bigger than the whole outbox overflows every member while the
+    # fan-out loop is still walking the room: the loop must survive it.
+    edge = await make_edge(max_pending_bytes=16 * 1024)
+    members = [await connect(edge.url, f"m{i}") for i in range(3)]
+    for member in members:
+        await member.request(type="join", room="burst")
+    bystander = await connect(edge.url, "b")
+    await bystander.request(type="join", room="calm")
+    js = backend.jetstream()
+    await js.publish("rooms.burst", b'"' + b"x" * 20000 + b'"')
+    for member in members:
+        code, _ = await member.closed()
+        assert code == 4008
+    ack = await js.publish("rooms.calm", b"1")
+    assert (await bystander.expect("msg"))["seq"] == ack.seq
+    assert "burst" not in edge.node.registry.rooms
+    for client in [*members, bystander]:
+        await client.close()
