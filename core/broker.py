@@ -162,6 +162,20 @@ class Broker:
             self.feeds.rebase(room, head)
             self._listener.reset(room, epoch, head)
 
+    # --- live feeds -------------------------------------------------------
+
+    async def watch(self, room: str) -> int:
+        """Make sure the room's live feed runs on this node; its cursor once live."""
+        if room not in self.feeds and not self.connected:
+            # A new feed needs the room's head from the stream: fail now, not at a timeout.
+            raise Unavailable("NATS is not connected")
+        try:
+            return await self.feeds.watch(room)
+        except FetchError as exc:
+            raise Unavailable(str(exc)) from None
+        except Exception as exc:  # nats-py: timeouts, connection closed, flush failures
+            raise Unavailable(f"cannot follow room {room!r}: {type(exc).__name__}") from exc
+
     # --- publish ----------------------------------------------------------
 
     async def publish(self, room: str, data: bytes, *, sender: str | None, key: str | None) -> PublishResult:

@@ -132,7 +132,7 @@ class Registry:
         member = Member(conn)
         hub.members[conn] = member
         try:
-            await broker.feeds.watch(room)
+            await broker.watch(room)
             # Read after watch returns: anything newer than this reaches `held`.
             head = broker.feeds.cursor(room)
             replay: Replay | None = None

@@ -91,6 +91,8 @@ async def test_publish_while_nats_is_down_answers_unavailable_and_readyz_503(
                 await asyncio.sleep(0.05)
         reply = await client.request(type="publish", room="down", data=1)
         assert reply["type"] == "error" and reply["code"] == "unavailable"
+        reply = await client.request(type="join", room="never.seen", ref=9)
+        assert reply["type"] == "error" and reply["code"] == "unavailable" and reply["ref"] == 9
         async with aiohttp.ClientSession() as http, http.get(edge.http + "/readyz") as r:
             assert r.status == 503 and (await r.json())["nats"] is False
     finally:
@@ -99,6 +101,7 @@ async def test_publish_while_nats_is_down_answers_unavailable_and_readyz_503(
         while not edge.node.broker.connected:
             await asyncio.sleep(0.05)
     assert (await client.request(type="publish", room="down", data=1))["type"] == "ack"
+    assert (await client.request(type="join", room="never.seen"))["type"] == "joined"
     await client.close()
 
 
