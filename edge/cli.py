@@ -29,14 +29,14 @@ jetsock is up.
   health     http://{base}/healthz  ready: http://{base}/readyz  metrics: http://{base}/metrics
   NATS       {nats_url}
 
-Dev token (sub dev-user, may join and publish in every room, valid 7 days):
+Dev token (sub dev-user, may join and publish in every room, valid 7 days; dev mode only):
   {token}
 
 Try it:
   # publish over HTTP
   curl -s -X POST http://{base}/v1/rooms/chat.lobby/messages \\
        -H "Authorization: Bearer {token}" -H 'Content-Type: application/json' -d '{{"text":"hello"}}'
-  # listen from a browser console (on any page served by this node, or set JETSOCK_ALLOWED_ORIGINS):
+  # listen from a browser console (dev mode accepts any Origin; set JETSOCK_ALLOWED_ORIGINS to restrict):
   const ws = new WebSocket("ws://{base}/ws", ["jetsock.v1", "bearer.{token}"]);
   ws.onmessage = (e) => console.log(e.data);
   ws.onopen = () => ws.send(JSON.stringify({{type: "join", room: "chat.lobby", since: 0}}));
@@ -59,8 +59,14 @@ def _serve(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    if not settings.jwt_secret and settings.dev:
-        settings = load_settings(parser.parse_args(argv), jwt_secret=DEV_SECRET)
+    if settings.dev:
+        # Development conveniences, never applied without --dev / JETSOCK_DEV.
+        dev_overrides = {}
+        if not settings.jwt_secret:
+            dev_overrides["jwt_secret"] = DEV_SECRET
+        if not settings.allowed_origins:
+            dev_overrides["allowed_origins"] = "*"
+        settings = load_settings(parser.parse_args(argv), **dev_overrides)
     if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
         parser.error("set JETSOCK_JWT_SECRET (or --jwt-secret): client tokens cannot be verified without a key")
     embedded: EmbeddedNats | None = None

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from core.embedded import free_port
 from tests.conftest import connect
@@ -66,7 +67,10 @@ async def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], int, str]:
     return proc, port, match.group(1)
 
 
-async def test_serve_with_embedded_nats_then_sigterm_to_the_group_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+async def test_serve_with_embedded_nats_then_a_signal_to_the_group_stops_everything(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
     proc, port, token = await _start(tmp_path)
     try:
         children = _children_of(proc.pid)
@@ -77,7 +81,7 @@ async def test_serve_with_embedded_nats_then_sigterm_to_the_group_stops_everythi
         await client.request(type="join", room="chat.lobby")
         ack = await client.request(type="publish", room="chat.lobby", data={"text": "hello"})
         assert ack["type"] in ("ack", "msg")
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, stop_signal)
         code, _ = await client.closed()
         assert code == 1012
         await client.close()
