@@ -61,7 +61,7 @@ def _serve(argv: list[str]) -> int:
     )
     if settings.dev:
         # Development conveniences, never applied without --dev / JETSOCK_DEV.
-        dev_overrides = {}
+        dev_overrides: dict[str, str] = {}
         if not settings.jwt_secret:
             dev_overrides["jwt_secret"] = DEV_SECRET
         if not settings.allowed_origins:
