@@ -9,6 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
+import msgspec
+
 from core.auth import make_token
 from core.embedded import EmbeddedNats
 from core.settings import Settings, add_flags, load_settings
@@ -66,7 +68,7 @@ def _serve(argv: list[str]) -> int:
             dev_overrides["jwt_secret"] = DEV_SECRET
         if not settings.allowed_origins:
             dev_overrides["allowed_origins"] = "*"
-        settings = load_settings(parser.parse_args(argv), **dev_overrides)
+        settings = msgspec.structs.replace(settings, **dev_overrides)
     if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
         parser.error("set JETSOCK_JWT_SECRET (or --jwt-secret): client tokens cannot be verified without a key")
     embedded: EmbeddedNats | None = None
