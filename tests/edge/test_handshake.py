@@ -123,3 +123,20 @@ async def test_refresh_same_sub_extends_and_drops_rooms_no_longer_allowed(edge: 
     bad = await client.request(type="refresh", token="garbage", ref=3)
     assert bad["type"] == "error" and bad["code"] == "bad_request"
     await client.close()
+
+
+async def test_past_max_connections_new_ones_close_1013(make_edge: object) -> None:
+    edge = await make_edge(max_connections=2)  # type: ignore[operator]
+    first, second = await connect(edge.url, "a"), await connect(edge.url, "b")
+    third = await open_ws(edge.url, ("jetsock.v1", "bearer." + token()))
+    code, reason = await third.closed()
+    assert code == 1013 and "full" in reason
+    await third.close()
+    assert (await first.request(type="ping"))["type"] == "pong"
+    await second.close()
+    async with asyncio.timeout(5):
+        while len(edge.node.connections) > 1:
+            await asyncio.sleep(0.01)
+    again = await connect(edge.url, "c")  # room again once one left
+    await again.close()
+    await first.close()
