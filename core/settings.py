@@ -26,6 +26,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     host: Annotated[str, _doc("Address to listen on; container images set 0.0.0.0.")] = "127.0.0.1"
     port: Annotated[int, _doc("TCP port for WebSockets and HTTP.")] = 8080
     nats_url: Annotated[str, _doc("Comma-separated NATS servers; empty starts an embedded nats-server.")] = ""
+    nats_user: Annotated[str, _doc("NATS user name (or put user:password in the URL).")] = ""
+    nats_password: Annotated[str, _doc("NATS password.")] = ""
+    nats_token: Annotated[str, _doc("NATS authentication token.")] = ""
+    nats_creds: Annotated[str, _doc("Path of a NATS .creds file (user JWT and nkey seed).")] = ""
+    nats_tls_ca: Annotated[str, _doc("CA bundle to verify NATS servers with, for tls:// URLs.")] = ""
+    nats_tls_cert: Annotated[str, _doc("Client certificate for NATS mutual TLS.")] = ""
+    nats_tls_key: Annotated[str, _doc("Client key for NATS mutual TLS.")] = ""
     stream: Annotated[str, _doc("JetStream stream holding the rooms.")] = "ROOMS"
     replicas: Annotated[int, _doc("Stream replicas (3 on a 3-node NATS cluster).")] = 1
     duplicate_window: Annotated[float, _doc("Seconds during which a repeated publish id is stored once.")] = 120.0
@@ -38,7 +45,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     )
     jwt_secret: Annotated[str, _doc("HS256 key for client tokens.")] = ""
     jwt_public_key: Annotated[str, _doc("PEM public key for RS256/ES256/EdDSA tokens.")] = ""
-    jwks_url: Annotated[str, _doc("JWKS address for token keys.")] = ""
+    jwks_url: Annotated[str, _doc("JWKS address for token keys (RS256, ES256, EdDSA by `kid`).")] = ""
+    jwks_cache_seconds: Annotated[float, _doc("Seconds a fetched JWKS is used before it is fetched again.")] = 300.0
+    jwks_min_refresh: Annotated[float, _doc("Least seconds between two JWKS fetches caused by an unknown `kid`.")] = (
+        30.0
+    )
+    jwks_timeout: Annotated[float, _doc("Seconds one JWKS fetch may take.")] = 5.0
+    max_token_bytes: Annotated[int, _doc("Longest token accepted, in bytes; longer ones are refused.")] = 8192
     jwt_audience: Annotated[str, _doc("Required `aud` claim, when set.")] = ""
     jwt_issuer: Annotated[str, _doc("Required `iss` claim, when set.")] = ""
     jwt_leeway: Annotated[float, _doc("Seconds of clock skew allowed on exp and nbf.")] = 5.0
@@ -56,6 +69,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_frame_bytes: Annotated[int, _doc("Largest frame accepted; larger closes with 1009.")] = 65536
     max_rooms_per_connection: Annotated[int, _doc("Rooms one connection may join.")] = 100
     max_connections: Annotated[int, _doc("Connections per node; past it upgrades are refused with 1013.")] = 18000
+    max_connections_per_sub: Annotated[
+        int, _doc("Open connections one token subject may hold on a node; past it, close 4029.")
+    ] = 100
+    max_data_bytes: Annotated[
+        int, _doc("Largest `data` of a publish (WebSocket or HTTP), in bytes; larger gets too_large.")
+    ] = 60000
+    max_concurrent_replays: Annotated[
+        int, _doc("Replay reads in flight per node; more joins with `since` wait, so live traffic goes on.")
+    ] = 32
     publish_rate: Annotated[float, _doc("Publishes per second per connection (refill rate).")] = 20.0
     publish_burst: Annotated[int, _doc("Publishes a connection may send at once.")] = 40
     rate_limit_strikes: Annotated[
