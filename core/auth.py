@@ -1,20 +1,25 @@
 """JWT verification into a principal: who the client is and which rooms it may use.
 
-This issue's scope is HS256 with `JETSOCK_JWT_SECRET`; the verifier is the one
-place that grows the other key sources (PEM, JWKS) later.
+Algorithms come from an explicit allow-list and each is bound to its key
+source (core.keys); `none` is never accepted. `exp` and `sub` are required,
+`nbf` is honoured, `aud` and `iss` are checked when configured.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import jwt
 
+from core.keys import ASYMMETRIC, JwksCache, KeyUnavailable, pem_algorithm
 from core.rooms import InvalidRoom, RoomRights
 from core.settings import Settings
 
-ALLOWED_ALGORITHMS = ["HS256"]
+ALLOWED_ALGORITHMS = ("HS256", *ASYMMETRIC)
+SUB_PLACEHOLDER = "{sub}"
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z", re.ASCII)
 
 
 class AuthError(Exception):
@@ -24,14 +29,13 @@ class AuthError(Exception):
 class Principal:
     """An authenticated client: its subject, token expiry and room rights."""
 
-    __slots__ = ("claims", "exp", "join", "publish", "sub")
+    __slots__ = ("exp", "join", "publish", "sub")
 
-    def __init__(self, sub: str, exp: int, join: RoomRights, publish: RoomRights, claims: dict[str, Any]) -> None:
+    def __init__(self, sub: str, exp: int, join: RoomRights, publish: RoomRights) -> None:
         self.sub = sub
         self.exp = exp
         self.join = join
         self.publish = publish
-        self.claims = claims
 
     def can_join(self, room: str) -> bool:
         return self.join.allows(room)
@@ -42,37 +46,89 @@ class Principal:
 
 class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
-        if not settings.jwt_secret:
-            raise ValueError("JETSOCK_JWT_SECRET is required to verify client tokens")
-        self._key = settings.jwt_secret
+        self._secret = settings.jwt_secret or None
+        self._pem: tuple[Any, str] | None = None
+        if settings.jwt_public_key:
+            self._pem = pem_algorithm(settings.jwt_public_key)
+        self._jwks: JwksCache | None = None
+        if settings.jwks_url:
+            self._jwks = JwksCache(
+                settings.jwks_url, settings.jwks_cache_seconds, settings.jwks_min_refresh, settings.jwks_timeout
+            )
+        if not (self._secret or self._pem or self._jwks):
+            raise ValueError("no token key: set JETSOCK_JWT_SECRET, JETSOCK_JWT_PUBLIC_KEY or JETSOCK_JWKS_URL")
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
         self._leeway = settings.jwt_leeway
+        self._max_bytes = settings.max_token_bytes
 
-    def verify(self, token: str) -> Principal:
+    @property
+    def jwks(self) -> JwksCache | None:
+        return self._jwks
+
+    async def verify(self, token: str) -> Principal:
+        if len(token) > self._max_bytes:
+            raise AuthError(f"token longer than {self._max_bytes} bytes")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        algorithm = header.get("alg")
+        if algorithm not in ALLOWED_ALGORITHMS:
+            raise AuthError(f"algorithm {algorithm!r} is not accepted; use one of {', '.join(ALLOWED_ALGORITHMS)}")
+        key = await self._key(algorithm, header.get("kid"))
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=ALLOWED_ALGORITHMS,
+                key,
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["exp", "sub"]},
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not valid yet (nbf)") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         return principal_from_claims(claims)
 
+    async def _key(self, algorithm: str, kid: Any) -> Any:
+        if algorithm == "HS256":
+            if self._secret is None:
+                raise AuthError("HS256 tokens are not accepted here")
+            return self._secret
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("invalid token: kid must be a string")
+        if self._jwks is not None:
+            try:
+                return await self._jwks.key(kid, algorithm)
+            except KeyUnavailable as exc:
+                if self._pem is None or self._pem[1] != algorithm:
+                    raise AuthError(f"no key for this token: {exc}") from None
+        if self._pem is not None and self._pem[1] == algorithm:
+            return self._pem[0]
+        raise AuthError(f"{algorithm} tokens are not accepted here")
 
-def _patterns(rooms: dict[str, Any], right: str) -> RoomRights:
+
+def expand_patterns(texts: list[str], sub: str) -> list[str]:
+    """Put the subject into `{sub}` placeholders; a subject that is not a plain
+    room segment grants nothing through them (it could otherwise add dots or
+    wildcards and widen the right)."""
+    if not any(SUB_PLACEHOLDER in text for text in texts):
+        return texts
+    plain = _SEGMENT.match(sub) is not None
+    return [text.replace(SUB_PLACEHOLDER, sub) for text in texts if plain or SUB_PLACEHOLDER not in text]
+
+
+def _patterns(rooms: dict[str, Any], right: str, sub: str) -> RoomRights:
     texts = rooms.get(right, [])
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise AuthError(f"claim rooms.{right} must be a list of room patterns")
     try:
-        return RoomRights.parse(texts)
+        return RoomRights.parse(expand_patterns(texts, sub))
     except InvalidRoom as exc:
         raise AuthError(f"claim rooms.{right}: {exc}") from None
 
@@ -82,12 +138,12 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not isinstance(sub, str) or not sub:
         raise AuthError("claim sub must be a non-empty string")
     exp = claims.get("exp")
-    if not isinstance(exp, int | float):
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise AuthError("claim exp must be a number")
     rooms = claims.get("rooms") or {}
     if not isinstance(rooms, dict):
         raise AuthError("claim rooms must be an object")
-    return Principal(sub, int(exp), _patterns(rooms, "join"), _patterns(rooms, "publish"), claims)
+    return Principal(sub, int(exp), _patterns(rooms, "join", sub), _patterns(rooms, "publish", sub))
 
 
 def make_token(

@@ -6,6 +6,7 @@ never imports nats. Room names are validated by the caller (core.rooms).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from core.feed import FeedListener, LiveFeeds
-from core.fetch import FetchError, RoomFetcher
+from core.fetch import Batch, FetchError, RoomFetcher
+from core.natsconn import connect_options
 from core.rooms import room_subject
 from core.settings import Settings
 from core.stored import FROM_HEADER, ID_HEADER, MSG_ID_HEADER, StoredMessage
@@ -24,6 +26,29 @@ from core.stream import ensure_stream, epoch_of
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 256
+
+
+class ReplaySlots:
+    """At most `limit` replay reads in flight on a node; the rest wait their turn.
+
+    A reconnect storm turns into many joins with `since` at once; bounding
+    their reads keeps NATS and the event loop free for live traffic and repairs
+    (which do not take a slot).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(max(1, limit))
+        self.in_flight = 0
+        self.peak = 0
+
+    async def fetch(self, fetcher: RoomFetcher, room: str, after: int, batch: int, up_to: int) -> Batch:
+        async with self._semaphore:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                return await fetcher.fetch(room, after, batch, up_to)
+            finally:
+                self.in_flight -= 1
 
 
 class Unavailable(Exception):
@@ -47,7 +72,7 @@ class Replay:
     client between batches.
     """
 
-    __slots__ = ("_fetcher", "_first", "_more", "_room", "_upper", "recovered")
+    __slots__ = ("_fetcher", "_first", "_more", "_room", "_slots", "_upper", "recovered")
 
     def __init__(
         self,
@@ -57,6 +82,7 @@ class Replay:
         room: str = "",
         upper: int = 0,
         fetcher: RoomFetcher | None = None,
+        slots: ReplaySlots | None = None,
     ) -> None:
         self.recovered = recovered
         self._first = first or []
@@ -64,16 +90,17 @@ class Replay:
         self._room = room
         self._upper = upper
         self._fetcher = fetcher
+        self._slots = slots
 
     async def batches(self) -> AsyncIterator[list[StoredMessage]]:
         batch = self._first
         more = self._more
         while batch:
             yield batch
-            if not more or self._fetcher is None or batch[-1].seq >= self._upper:
+            if not more or self._fetcher is None or self._slots is None or batch[-1].seq >= self._upper:
                 return
             try:
-                got = await self._fetcher.fetch(self._room, batch[-1].seq, REPLAY_BATCH, self._upper)
+                got = await self._slots.fetch(self._fetcher, self._room, batch[-1].seq, REPLAY_BATCH, self._upper)
             except FetchError as exc:
                 raise Unavailable(str(exc)) from None
             batch, more = got.messages, got.pending > 0
@@ -94,6 +121,7 @@ class Broker:
         self._feeds: LiveFeeds | None = None
         self.epoch = ""
         self._closing = False
+        self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
 
     # --- lifecycle --------------------------------------------------------
 
@@ -106,6 +134,7 @@ class Broker:
             reconnected_cb=self._on_reconnected,
             disconnected_cb=self._on_disconnected,
             error_cb=self._on_error,
+            **connect_options(self.settings),
         )
         self._js = self.nc.jetstream(timeout=5)
         info = await ensure_stream(self._js, self.settings)
@@ -215,10 +244,12 @@ class Broker:
             if since == 0:
                 if not await self._nothing_discarded(room):
                     return Replay(False)
-                first = await self.fetcher.fetch(room, 0, min(limit + 1, REPLAY_BATCH), upper)
+                first = await self.replay_slots.fetch(self.fetcher, room, 0, min(limit + 1, REPLAY_BATCH), upper)
                 messages = first.messages
             else:
-                first = await self.fetcher.fetch(room, since - 1, min(limit + 2, REPLAY_BATCH), upper)
+                first = await self.replay_slots.fetch(
+                    self.fetcher, room, since - 1, min(limit + 2, REPLAY_BATCH), upper
+                )
                 if not first.messages or first.messages[0].seq != since:
                     return Replay(False)
                 messages = first.messages[1:]
@@ -226,7 +257,7 @@ class Broker:
             raise Unavailable(str(exc)) from None
         if len(messages) + first.pending > limit:
             return Replay(False)
-        return Replay(True, messages, first.pending > 0, room, upper, self.fetcher)
+        return Replay(True, messages, first.pending > 0, room, upper, self.fetcher, self.replay_slots)
 
     async def _nothing_discarded(self, room: str) -> bool:
         """For `since` = 0: true when no message of the room can have been removed."""

@@ -27,7 +27,7 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 
 
 def build_app(node: Node, servers: list[str]) -> web.Application:
-    app = web.Application(client_max_size=node.settings.max_frame_bytes + 1024)
+    app = web.Application(client_max_size=node.settings.max_data_bytes + 1024)
     app[NODE_KEY] = node
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

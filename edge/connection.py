@@ -38,6 +38,7 @@ class Connection:
         "_timers",
         "bucket",
         "close_code",
+        "counted_sub",
         "last_ping",
         "last_seen",
         "outbox",
@@ -62,6 +63,7 @@ class Connection:
         self.last_seen = now
         self.last_ping = now
         self.close_code: int | None = None
+        self.counted_sub: str | None = None
         self._closing: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._tasks: set[asyncio.Task[None]] = set()

@@ -9,7 +9,7 @@ from core.auth import AuthError
 from core.broker import Unavailable
 from core.rooms import is_valid_room
 from edge.node import Node
-from edge.session import NODE_KEY
+from edge.session import NODE_KEY, is_utf8
 from edge.telemetry import CONTENT_TYPE
 from schemas import ErrorCode
 
@@ -49,20 +49,23 @@ async def publish(request: web.Request) -> web.Response:
     if scheme.lower() != "bearer" or not token:
         return _problem(401, ErrorCode.FORBIDDEN, "send Authorization: Bearer <JWT with publish rights>")
     try:
-        principal = node.verifier.verify(token.strip())
+        principal = await node.verifier.verify(token.strip())
     except AuthError as exc:
         return _problem(401, ErrorCode.FORBIDDEN, str(exc))
     if not principal.can_publish(room):
         return _problem(403, ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}")
-    if request.content_length is not None and request.content_length > node.settings.max_frame_bytes:
-        return _problem(413, ErrorCode.TOO_LARGE, f"at most {node.settings.max_frame_bytes} bytes")
-    body = await request.content.read(node.settings.max_frame_bytes + 1)
-    if len(body) > node.settings.max_frame_bytes:
-        return _problem(413, ErrorCode.TOO_LARGE, f"at most {node.settings.max_frame_bytes} bytes")
+    limit = node.settings.max_data_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return _problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
     try:
         msgspec.json.decode(body, type=msgspec.Raw)
     except msgspec.DecodeError as exc:
         return _problem(400, ErrorCode.BAD_REQUEST, f"the body must be JSON: {exc}")
+    if not is_utf8(body):
+        return _problem(400, ErrorCode.BAD_REQUEST, "the body must be UTF-8 JSON")
     key = request.headers.get(IDEMPOTENCY_HEADER) or None
     if key is not None and len(key) > 256:
         return _problem(400, ErrorCode.BAD_REQUEST, "Idempotency-Key is at most 256 characters")

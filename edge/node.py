@@ -36,6 +36,7 @@ class Node:
             lambda: len(self.connections), lambda: len(self.registry.rooms), lambda: self.registry.deliveries
         )
         self.draining = False
+        self._per_sub: dict[str, int] = {}
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self, servers: list[str]) -> None:
@@ -51,6 +52,26 @@ class Node:
         await asyncio.gather(*(c.wait_closed() for c in list(self.connections)), return_exceptions=True)
         await self.broker.close()
         self.metrics.shutdown()
+
+    def admit(self, conn: Connection, sub: str) -> bool:
+        """Count `conn` against its subject's limit; False when the subject is at it."""
+        held = self._per_sub.get(sub, 0)
+        if held >= self.settings.max_connections_per_sub:
+            return False
+        self._per_sub[sub] = held + 1
+        conn.counted_sub = sub
+        return True
+
+    def release(self, conn: Connection) -> None:
+        sub = conn.counted_sub
+        if sub is None:
+            return
+        conn.counted_sub = None
+        left = self._per_sub[sub] - 1
+        if left:
+            self._per_sub[sub] = left
+        else:
+            del self._per_sub[sub]
 
     @property
     def ready(self) -> bool:

@@ -62,6 +62,15 @@ def _ref_of(data: bytes) -> int | str | None:
     return ref if isinstance(ref, int | str) and not isinstance(ref, bool) else None
 
 
+def is_utf8(data: bytes) -> bool:
+    """msgspec checks JSON syntax but not the bytes inside strings; text frames must be UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _looks_like_jwt(value: str) -> bool:
     return value.startswith("eyJ") and value.count(".") == 2
 
@@ -115,6 +124,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         node.connections.discard(conn)
+        node.release(conn)
         conn.cancel_timers()
         conn.leave_all()
         await conn.wait_closed()
@@ -148,9 +158,12 @@ async def _serve(node: Node, conn: Connection, handshake_token: str | None) -> N
             return
         token, ref = frame.token, frame.ref
     try:
-        principal = node.verifier.verify(token)
+        principal = await node.verifier.verify(token)
     except AuthError as exc:
         conn.close(CloseCode.UNAUTHENTICATED, str(exc))
+        return
+    if not node.admit(conn, principal.sub):
+        conn.close(CloseCode.RATE_LIMITED, "too many connections for this subject on this node")
         return
     _authenticate(node, conn, principal)
     conn.send(Welcome(session=conn.session, node=node.name, heartbeat=settings.heartbeat, exp=principal.exp, ref=ref))
@@ -206,7 +219,7 @@ async def _dispatch(node: Node, conn: Connection, data: bytes) -> None:
         case Ping():
             conn.send(Pong(ref=frame.ref))
         case Refresh():
-            _refresh(node, conn, frame)
+            await _refresh(node, conn, frame)
         case Auth():
             conn.error(ErrorCode.BAD_REQUEST, "already authenticated: use refresh to change the token", frame.ref)
 
@@ -296,8 +309,15 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
     if not principal.can_publish(room):
         conn.error(ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}", ref)
         return
+    data = bytes(frame.data)
+    if len(data) > node.settings.max_data_bytes:
+        conn.error(ErrorCode.TOO_LARGE, f"data is at most {node.settings.max_data_bytes} bytes", ref)
+        return
+    if not is_utf8(data):
+        conn.error(ErrorCode.BAD_REQUEST, "data must be valid UTF-8 JSON", ref)
+        return
     try:
-        result = await node.broker.publish(room, bytes(frame.data), sender=principal.sub, key=frame.id)
+        result = await node.broker.publish(room, data, sender=principal.sub, key=frame.id)
     except Unavailable as exc:
         conn.error(ErrorCode.UNAVAILABLE, f"not stored, retry: {exc}", ref)
         return
@@ -305,11 +325,11 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
     conn.send(Ack(seq=result.seq, duplicate=True if result.duplicate else None, ref=ref))
 
 
-def _refresh(node: Node, conn: Connection, frame: Refresh) -> None:
+async def _refresh(node: Node, conn: Connection, frame: Refresh) -> None:
     current = conn.principal
     assert current is not None
     try:
-        principal = node.verifier.verify(frame.token)
+        principal = await node.verifier.verify(frame.token)
     except AuthError as exc:
         conn.error(ErrorCode.BAD_REQUEST, f"refresh refused: {exc}", frame.ref)
         return
