@@ -190,3 +190,45 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     parser = argparse.ArgumentParser(prog="jetsock serve")
     add_flags(parser)
     return load_settings(parser.parse_args(list(argv)), environ)
+
+
+def _default_text(value: Any) -> str:
+    if value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as schemas/PROTOCOL.md section 11 shows it."""
+    rows = ["| setting | variable | flag | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, (_type, default, description) in field_docs().items():
+        rows.append(
+            f"| `{name}` | `{env_name(name)}` | `{flag_name(name)}` | {_default_text(default)} | {description} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+TABLE_BEGIN = "<!-- settings:begin (generated: make settings-doc) -->\n"
+TABLE_END = "<!-- settings:end -->\n"
+
+
+def with_settings_table(document: str) -> str:
+    """`document` with the text between the settings markers replaced by the current table."""
+    start = document.index(TABLE_BEGIN) + len(TABLE_BEGIN)
+    end = document.index(TABLE_END, start)
+    return document[:start] + settings_table() + document[end:]
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        path.write_text(with_settings_table(path.read_text()))
+    else:
+        print(settings_table(), end="")

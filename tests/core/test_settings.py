@@ -148,3 +148,12 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
     assert msgspec.structs.replace(settings, port=1).port == 1
+
+
+def test_protocol_document_lists_the_current_settings() -> None:
+    from pathlib import Path
+
+    from core.settings import with_settings_table
+
+    document = (Path(__file__).parents[2] / "schemas" / "PROTOCOL.md").read_text()
+    assert with_settings_table(document) == document, "the settings table is stale: run `make settings-doc`"
