@@ -140,3 +140,15 @@ async def test_past_max_connections_new_ones_close_1013(make_edge: object) -> No
     again = await connect(edge.url, "c")  # room again once one left
     await again.close()
     await first.close()
+
+
+async def test_allowed_origins_list_replaces_the_default(make_edge: object) -> None:
+    edge = await make_edge(allowed_origins="https://app.example, https://admin.example/")  # type: ignore[operator]
+    async with aiohttp.ClientSession() as session:
+        for origin in ("https://app.example", "https://admin.example"):
+            ws = await session.ws_connect(edge.url, protocols=("jetsock.v1",), origin=origin)
+            await ws.close()
+        for origin in (edge.http, "https://app.example.evil", "null", "http://app.example"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(edge.url, protocols=("jetsock.v1",), origin=origin)
+            assert info.value.status == 403, origin
