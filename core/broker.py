@@ -106,6 +106,12 @@ class Replay:
             batch, more = got.messages, got.pending > 0
 
 
+def redacted(url: str) -> str:
+    """A NATS URL without its user:password part, fit for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + rest.rpartition("@")[2] if sep else url.rpartition("@")[2]
+
+
 def scoped_msg_id(sub: str, key: str) -> str:
     """Nats-Msg-Id for a client's idempotency key: two users' ids never collide."""
     return f"{sub}:{key}"
@@ -126,16 +132,31 @@ class Broker:
     # --- lifecycle --------------------------------------------------------
 
     async def connect(self, servers: list[str], name: str) -> None:
-        self.nc = await nats.connect(
-            servers,
-            name=name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            reconnected_cb=self._on_reconnected,
-            disconnected_cb=self._on_disconnected,
-            error_cb=self._on_error,
-            **connect_options(self.settings),
-        )
+        try:
+            # nats-py can wait forever after a failed TLS handshake: bound the first connect.
+            self.nc = await asyncio.wait_for(
+                nats.connect(
+                    servers,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    reconnected_cb=self._on_reconnected,
+                    disconnected_cb=self._on_disconnected,
+                    error_cb=self._on_error,
+                    **connect_options(self.settings),
+                ),
+                self.settings.nats_connect_timeout,
+            )
+        except TimeoutError:
+            where = ", ".join(map(redacted, servers))
+            raise Unavailable(
+                f"could not connect to NATS at {where} within {self.settings.nats_connect_timeout:g} s"
+            ) from None
+        if any(url.startswith("tls://") for url in servers) and not self.nc._server_info.get("tls_required"):
+            # nats-py upgrades to TLS only when the server asks for it; a tls:// URL
+            # must never fall back to sending credentials in plain text.
+            await self.nc.close()
+            raise Unavailable("a tls:// NATS URL points at a server that does not require TLS; refusing plain text")
         self._js = self.nc.jetstream(timeout=5)
         info = await ensure_stream(self._js, self.settings)
         self.epoch = epoch_of(info)

@@ -33,6 +33,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     nats_tls_ca: Annotated[str, _doc("CA bundle to verify NATS servers with, for tls:// URLs.")] = ""
     nats_tls_cert: Annotated[str, _doc("Client certificate for NATS mutual TLS.")] = ""
     nats_tls_key: Annotated[str, _doc("Client key for NATS mutual TLS.")] = ""
+    nats_connect_timeout: Annotated[
+        float, _doc("Seconds the first NATS connection may take before the node gives up starting.")
+    ] = 20.0
     stream: Annotated[str, _doc("JetStream stream holding the rooms.")] = "ROOMS"
     replicas: Annotated[int, _doc("Stream replicas (3 on a 3-node NATS cluster).")] = 1
     duplicate_window: Annotated[float, _doc("Seconds during which a repeated publish id is stored once.")] = 120.0

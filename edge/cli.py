@@ -12,8 +12,10 @@ from pathlib import Path
 import msgspec
 
 from core.auth import make_token
+from core.broker import Unavailable
 from core.embedded import EmbeddedNats
 from core.settings import Settings, add_flags, load_settings
+from core.stream import StreamMismatch
 from edge.app import serve
 
 log = logging.getLogger("jetsock")
@@ -92,7 +94,12 @@ def _serve(argv: list[str]) -> int:
             )
             await serve(settings, servers, started)
 
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        except (ValueError, Unavailable, StreamMismatch) as exc:
+            # Settings or NATS problems at start: one clear line, no traceback.
+            log.error("cannot start: %s", exc)
+            return 1
     finally:
         if embedded is not None:
             embedded.stop()

@@ -120,3 +120,16 @@ def test_missing_secret_is_a_clear_error() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")}
     result = subprocess.run([JETSOCK, "serve"], capture_output=True, text=True, env=env)
     assert result.returncode != 0 and "JETSOCK_JWT_SECRET" in result.stderr
+
+
+def test_unreachable_nats_is_one_clear_line_without_credentials() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")}
+    env.update(
+        JETSOCK_JWT_SECRET="x" * 40,
+        JETSOCK_NATS_URL=f"nats://user:hunter2@127.0.0.1:{free_port()}",
+        JETSOCK_NATS_CONNECT_TIMEOUT="2",
+    )
+    result = subprocess.run([JETSOCK, "serve", "--port", str(free_port())], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
