@@ -10,14 +10,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from core.feed import FeedListener, LiveFeeds
 from core.fetch import Batch, FetchError, RoomFetcher
-from core.natsconn import connect_options
+from core.natsconn import PlainTextRefused, StrictTlsClient, connect_options
 from core.rooms import room_subject
 from core.settings import Settings
 from core.stored import FROM_HEADER, ID_HEADER, MSG_ID_HEADER, StoredMessage
@@ -132,14 +131,16 @@ class Broker:
     # --- lifecycle --------------------------------------------------------
 
     async def connect(self, servers: list[str], name: str) -> None:
+        client = StrictTlsClient()
+        self.nc = client
         try:
             # nats-py can wait forever after a failed TLS handshake: bound the first connect.
-            self.nc = await asyncio.wait_for(
-                nats.connect(
+            await asyncio.wait_for(
+                client.connect(
                     servers,
                     name=name,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, takes seconds as float
                     reconnected_cb=self._on_reconnected,
                     disconnected_cb=self._on_disconnected,
                     error_cb=self._on_error,
@@ -147,16 +148,16 @@ class Broker:
                 ),
                 self.settings.nats_connect_timeout,
             )
-        except TimeoutError:
+        except (TimeoutError, PlainTextRefused) as exc:
+            await client.close()
+            if client.refused_plain_text:
+                raise Unavailable(
+                    "a tls:// NATS URL points at a server that does not require TLS; refusing plain text"
+                ) from None
             where = ", ".join(map(redacted, servers))
             raise Unavailable(
                 f"could not connect to NATS at {where} within {self.settings.nats_connect_timeout:g} s"
-            ) from None
-        if any(url.startswith("tls://") for url in servers) and not self.nc._server_info.get("tls_required"):
-            # nats-py upgrades to TLS only when the server asks for it; a tls:// URL
-            # must never fall back to sending credentials in plain text.
-            await self.nc.close()
-            raise Unavailable("a tls:// NATS URL points at a server that does not require TLS; refusing plain text")
+            ) from exc
         self._js = self.nc.jetstream(timeout=5)
         info = await ensure_stream(self._js, self.settings)
         self.epoch = epoch_of(info)

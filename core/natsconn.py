@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from nats.aio.client import Client as NATS
+
 from core.settings import Settings, env_name
 
 CREDS_JWT_MARKER = "BEGIN NATS USER JWT"
@@ -124,3 +126,27 @@ def _creds_file(path: str) -> str:
             f"{env_name('nats_creds')}={path!r} is not a NATS .creds file (no {' and no '.join(missing)} section)"
         )
     return str(file)
+
+
+class PlainTextRefused(ConnectionError):
+    """A tls:// server did not ask for TLS: CONNECT (with credentials) was not sent."""
+
+
+class StrictTlsClient(NATS):
+    """A nats-py client that never sends CONNECT in plain text to a tls:// URL.
+
+    nats-py upgrades to TLS only when the server's INFO says `tls_required`;
+    otherwise it would send CONNECT, with the user's password or token, in the
+    clear. This check runs on every connect and reconnect, at the last moment
+    before CONNECT is written.
+    """
+
+    refused_plain_text = False
+
+    def _connect_command(self) -> bytes:
+        server = self._current_server
+        if server is not None and server.uri.scheme == "tls" and not self._server_info.get("tls_required"):
+            self.refused_plain_text = True
+            raise PlainTextRefused(f"{server.uri.hostname}:{server.uri.port} does not require TLS")
+        command: bytes = super()._connect_command()
+        return command
