@@ -140,7 +140,9 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise AuthError("claim exp must be a number")
-    rooms = claims.get("rooms") or {}
+    rooms = claims.get("rooms")
+    if rooms is None:
+        rooms = {}  # no rooms claim: no rights
     if not isinstance(rooms, dict):
         raise AuthError("claim rooms must be an object")
     return Principal(sub, int(exp), _patterns(rooms, "join", sub), _patterns(rooms, "publish", sub))

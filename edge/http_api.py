@@ -8,8 +8,9 @@ from aiohttp import web
 from core.auth import AuthError
 from core.broker import Unavailable
 from core.rooms import is_valid_room
+from edge.decode import is_utf8
 from edge.node import Node
-from edge.session import NODE_KEY, is_utf8
+from edge.session import NODE_KEY
 from edge.telemetry import CONTENT_TYPE
 from schemas import ErrorCode
 
@@ -60,12 +61,14 @@ async def publish(request: web.Request) -> web.Response:
     body = await request.content.read(limit + 1)
     if len(body) > limit:
         return _problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
-    try:
-        msgspec.json.decode(body, type=msgspec.Raw)
-    except msgspec.DecodeError as exc:
-        return _problem(400, ErrorCode.BAD_REQUEST, f"the body must be JSON: {exc}")
     if not is_utf8(body):
         return _problem(400, ErrorCode.BAD_REQUEST, "the body must be UTF-8 JSON")
+    try:
+        msgspec.json.decode(body, type=msgspec.Raw)
+    except RecursionError:
+        return _problem(400, ErrorCode.BAD_REQUEST, "the body is nested too deeply")
+    except msgspec.DecodeError as exc:
+        return _problem(400, ErrorCode.BAD_REQUEST, f"the body must be JSON: {exc}")
     key = request.headers.get(IDEMPOTENCY_HEADER) or None
     if key is not None and len(key) > 256:
         return _problem(400, ErrorCode.BAD_REQUEST, "Idempotency-Key is at most 256 characters")

@@ -6,15 +6,14 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
 
-import msgspec
 from aiohttp import WSMsgType, web
 
 from core.auth import AuthError, Principal
 from core.broker import Replay, Unavailable
 from core.rooms import is_valid_room
 from edge.connection import Connection
+from edge.decode import BadFrame, decode_client_frame
 from edge.node import Node
 from edge.origin import origin_allowed
 from edge.registry import Member, encode_msg
@@ -22,7 +21,6 @@ from edge.wsframe import pong_frame
 from schemas import (
     Ack,
     Auth,
-    ClientFrame,
     CloseCode,
     ErrorCode,
     Expiring,
@@ -43,32 +41,9 @@ SUBPROTOCOL = "jetsock.v1"
 BEARER_PREFIX = "bearer."
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 
-_decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _INVALID_ROOM = "a room name is 1-128 characters: segments of [A-Za-z0-9_-] joined by '.', at most 16 segments"
 _QUERY_TOKEN_KEYS = {"token", "access_token", "jwt", "auth", "bearer", "authorization", "id_token"}
 _QUERY_TOKEN_REASON = "token in URL refused: use the bearer.<JWT> subprotocol, a cookie, or an auth frame"
-
-
-class _RefOnly(msgspec.Struct):
-    ref: Any = None
-
-
-def _ref_of(data: bytes) -> int | str | None:
-    """The `ref` of a frame that failed validation, so the error can still carry it."""
-    try:
-        ref = msgspec.json.decode(data, type=_RefOnly).ref
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return ref if isinstance(ref, int | str) and not isinstance(ref, bool) else None
-
-
-def is_utf8(data: bytes) -> bool:
-    """msgspec checks JSON syntax but not the bytes inside strings; text frames must be UTF-8."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _looks_like_jwt(value: str) -> bool:
@@ -101,7 +76,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         protocols=(SUBPROTOCOL,),
         compress=False,
         autoping=False,
-        max_msg_size=settings.max_frame_bytes,
+        # aiohttp refuses a message of max_msg_size bytes or more; the limit is inclusive.
+        max_msg_size=settings.max_frame_bytes + 1,
         decode_text=False,
         timeout=settings.close_timeout,
     )
@@ -148,8 +124,8 @@ async def _serve(node: Node, conn: Connection, handshake_token: str | None) -> N
         frame = None
         if first.type is WSMsgType.TEXT:
             try:
-                frame = _decode_frame(first.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                frame = decode_client_frame(first.data)
+            except BadFrame:
                 frame = None
         elif first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
@@ -205,9 +181,9 @@ async def _read_loop(node: Node, conn: Connection) -> None:
 
 async def _dispatch(node: Node, conn: Connection, data: bytes) -> None:
     try:
-        frame = _decode_frame(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        conn.error(ErrorCode.BAD_REQUEST, f"invalid frame: {exc}", _ref_of(data))
+        frame = decode_client_frame(data)
+    except BadFrame as exc:
+        conn.error(ErrorCode.BAD_REQUEST, str(exc), exc.ref)
         return
     match frame:
         case Publish():
@@ -312,9 +288,6 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
     data = bytes(frame.data)
     if len(data) > node.settings.max_data_bytes:
         conn.error(ErrorCode.TOO_LARGE, f"data is at most {node.settings.max_data_bytes} bytes", ref)
-        return
-    if not is_utf8(data):
-        conn.error(ErrorCode.BAD_REQUEST, "data must be valid UTF-8 JSON", ref)
         return
     try:
         result = await node.broker.publish(room, data, sender=principal.sub, key=frame.id)

@@ -15,6 +15,9 @@ import msgspec
 
 from schemas.codes import ErrorCode
 
+MAX_SEQ = 2**63 - 1
+"""Stream sequences are unsigned 64-bit in NATS; no real one comes near this bound."""
+
 Ref = int | str | None
 """A client-chosen request id, echoed in the reply."""
 
@@ -33,7 +36,7 @@ class Auth(_Frame, tag="auth"):
 
 class Join(_Frame, tag="join"):
     room: str
-    since: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    since: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)] | None = None
     epoch: str | None = None
     ref: Ref = None
 
