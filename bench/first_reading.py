@@ -56,10 +56,12 @@ async def open_clients(
     url: str, count: int, rooms: list[str]
 ) -> tuple[aiohttp.ClientSession, list[aiohttp.ClientWebSocketResponse]]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    token = make_token(SECRET, "bench", join=[">"], publish=[">"], ttl=3600)
     sockets: list[aiohttp.ClientWebSocketResponse] = []
+    serial = iter(range(1 << 30))
 
     async def one() -> aiohttp.ClientWebSocketResponse:
+        # One subject per connection, as real users (and max_connections_per_sub) expect.
+        token = make_token(SECRET, f"bench-{next(serial)}", join=[">"], publish=[">"], ttl=3600)
         ws = await session.ws_connect(url, protocols=("jetsock.v1", "bearer." + token), max_msg_size=0)
         assert json.loads((await ws.receive()).data)["type"] == "welcome"
         for room in rooms:

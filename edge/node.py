@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ from core.auth import TokenVerifier
 from core.broker import Broker
 from core.settings import Settings
 from edge.connection import Connection
+from edge.memory import TrimPolicy, trim
 from edge.outbox import Flusher
 from edge.registry import Registry
 from edge.telemetry import Metrics
@@ -84,8 +86,15 @@ class Node:
         timeout fires between 2 and 2.25 heartbeats of silence.
         """
         heartbeat = self.settings.heartbeat
+        trim_policy = TrimPolicy()
         while True:
             await asyncio.sleep(heartbeat / 4)
+            if trim_policy.observe(len(self.connections)):
+                # Closed connections leave reference cycles (aiohttp's protocol,
+                # transport and request objects) that only a full collection frees.
+                gc.collect()
+                released = trim()
+                log.debug("connections fell to %d: malloc_trim released=%s", len(self.connections), released)
             now = time.monotonic()
             for conn in list(self.connections):
                 if conn.principal is None or conn.closing:

@@ -224,6 +224,7 @@ class Hostile:
                 "JETSOCK_PORT": str(self.port),
                 "JETSOCK_NODE": "hostile-edge",
                 "JETSOCK_AUTH_TIMEOUT": str(AUTH_TIMEOUT),
+                "JETSOCK_HEARTBEAT": "4",
                 "JETSOCK_CLOSE_TIMEOUT": str(CLOSE_TIMEOUT),
                 "JETSOCK_LOG_LEVEL": "warning",
                 "JETSOCK_MAX_ROOMS_PER_CONNECTION": str(MAX_ROOMS),
