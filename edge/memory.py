@@ -3,7 +3,7 @@
 CPython frees objects into its allocator's free lists and glibc's malloc keeps
 freed heap pages mapped, so after 5,000 sockets come and go the process keeps
 their memory. `malloc_trim(0)` returns what glibc can; the node calls it when
-its connection count has fallen well below a recent peak. Elsewhere (not
+its connection count has fallen by a thousand since its high point. Elsewhere (not
 glibc) it does nothing.
 """
 
@@ -31,18 +31,23 @@ def trim() -> bool:
 
 
 class TrimPolicy:
-    """Trim once the connection count has halved from a peak of at least `floor`."""
+    """Trim each time the connection count has fallen by `step` since its high point.
 
-    __slots__ = ("floor", "peak")
+    A wave of 5,000 closing connections trims at 4,000, 3,000, ... and 0 left,
+    so the memory of the last ones to go is returned too; small ripples never
+    trigger it.
+    """
 
-    def __init__(self, floor: int = 1000) -> None:
-        self.floor = floor
-        self.peak = 0
+    __slots__ = ("high", "step")
+
+    def __init__(self, step: int = 1000) -> None:
+        self.step = step
+        self.high = 0
 
     def observe(self, connections: int) -> bool:
         """Record the current count; True when a trim is due now."""
-        self.peak = max(self.peak, connections)
-        if self.peak >= self.floor and connections <= self.peak // 2:
-            self.peak = connections
+        self.high = max(self.high, connections)
+        if self.high - connections >= self.step:
+            self.high = connections
             return True
         return False

@@ -128,8 +128,13 @@ async def test_5000_idle_sockets_are_closed_4501_twice_without_leaking(hostile: 
     cases.note("RSS retained after round 1 MB", round(retained / 1024, 1))
     if retained > RSS_TOLERANCE_KB:
         cases.note("RSS within baseline + 40 MB", False)
-    hostile.retained_kb = max(hostile.retained_kb, rss[0])
-    assert rss[1] - rss[0] <= LEAK_KB, f"RSS grew {(rss[1] - rss[0]) / 1024:.1f} MB in the second round"
+    hostile.retained_kb = max(hostile.retained_kb, rss[0], rss[1])
+    # How much of a wave is handed back depends on when the collect-and-trim runs
+    # (edge/memory.py), so compare with the first round's high-water mark: a leak
+    # of the first wave's connections would put the second round above it.
+    peak_kb = rounds[0]["edge peak RSS MB"] * 1024
+    assert rss[1] <= peak_kb + LEAK_KB, f"RSS after round 2 is {(rss[1] - peak_kb) / 1024:.1f} MB above round 1's peak"
+    assert rounds[1]["edge peak RSS MB"] * 1024 <= peak_kb + LEAK_KB, "round 2 peaked higher than round 1: a leak"
 
 
 async def test_with_the_malloc_allocator_rss_returns_near_the_baseline(tmp_path: Any) -> None:
