@@ -207,7 +207,19 @@ async def test_with_the_malloc_allocator_rss_returns_near_the_baseline(tmp_path:
             codes = await asyncio.gather(*(one() for _ in range(SOCKETS)))
             sampler.cancel()
             assert codes.count(4501) == SOCKETS
-            await asyncio.sleep(3)  # a heartbeat sweep sees the count has fallen, collects and trims
+            # Wait for the node to see every socket gone, then for a heartbeat sweep
+            # (every 0.5 s here) to collect and trim.
+            async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+                while True:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        if "\njetsock_connections{" in (text := await r.text()) and all(
+                            line.endswith(" 0.0")
+                            for line in text.splitlines()
+                            if line.startswith("jetsock_connections{")
+                        ):
+                            break
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(1.5)
             after = rss_kb(edge.pid)
             assert peak - baseline > 40 * 1024, (baseline, peak)  # the wave really cost memory
             assert after - baseline < RSS_TOLERANCE_KB, (baseline, peak, after)
