@@ -31,23 +31,24 @@ def trim() -> bool:
 
 
 class TrimPolicy:
-    """Trim each time the connection count has fallen by `step` since its high point.
-
-    A wave of 5,000 closing connections trims at 4,000, 3,000, ... and 0 left,
-    so the memory of the last ones to go is returned too; small ripples never
-    trigger it.
+    """Trim each time the connection count has fallen by `step` since its high point,
+    and once more when a wave that trimmed has drained to zero, so the memory of
+    the last connections to go is returned too. Small ripples never trigger it.
     """
 
-    __slots__ = ("high", "step")
+    __slots__ = ("high", "step", "waving")
 
     def __init__(self, step: int = 1000) -> None:
         self.step = step
         self.high = 0
+        self.waving = False
 
     def observe(self, connections: int) -> bool:
         """Record the current count; True when a trim is due now."""
         self.high = max(self.high, connections)
-        if self.high - connections >= self.step:
+        drained = self.waving and connections == 0 and self.high > 0
+        if self.high - connections >= self.step or drained:
+            self.waving = connections > 0
             self.high = connections
             return True
         return False

@@ -16,3 +16,10 @@ def test_ripples_never_trim() -> None:
     policy = TrimPolicy(step=1000)
     assert not any(policy.observe(n) for n in [900, 100, 950, 10, 999, 0] * 10)
 
+
+
+def test_the_tail_of_a_wave_is_trimmed_too() -> None:
+    policy = TrimPolicy(step=1000)
+    policy.observe(5000)
+    trims = [n for n in (4400, 3700, 2900, 2150, 1300, 550, 200, 0, 0, 0) if policy.observe(n)]
+    assert trims == [3700, 2150, 550, 0]
