@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint schema settings-doc clean
+.PHONY: run test browser-deps lint schema settings-doc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,22 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	exec $(BIN)/jetsock serve --dev
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/ruff check core edge schemas tests bench
 	$(BIN)/mypy
+	node --test tests/js/
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium for the browser tests (Playwright's own download does not
+# work offline), and node for the JS client's unit tests: installed when root.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs >/dev/null; \
+	  else \
+	    echo "chromium and node are needed for the browser and JS tests: apt-get install chromium nodejs" >&2; exit 1; \
+	  fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check core edge schemas tests bench

@@ -29,13 +29,15 @@ class AuthError(Exception):
 class Principal:
     """An authenticated client: its subject, token expiry and room rights."""
 
-    __slots__ = ("exp", "join", "publish", "sub")
+    __slots__ = ("admin", "exp", "join", "publish", "sub")
 
-    def __init__(self, sub: str, exp: int, join: RoomRights, publish: RoomRights) -> None:
+    def __init__(self, sub: str, exp: int, join: RoomRights, publish: RoomRights, admin: bool = False) -> None:
         self.sub = sub
         self.exp = exp
         self.join = join
         self.publish = publish
+        self.admin = admin
+        """The token's `admin` claim is `true`: it may use the operator endpoints."""
 
     def can_join(self, room: str) -> bool:
         return self.join.allows(room)
@@ -145,7 +147,8 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         rooms = {}  # no rooms claim: no rights
     if not isinstance(rooms, dict):
         raise AuthError("claim rooms must be an object")
-    return Principal(sub, int(exp), _patterns(rooms, "join", sub), _patterns(rooms, "publish", sub))
+    admin = claims.get("admin") is True
+    return Principal(sub, int(exp), _patterns(rooms, "join", sub), _patterns(rooms, "publish", sub), admin)
 
 
 def make_token(

@@ -93,7 +93,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     node: Annotated[str, _doc("This node's name in `welcome`; empty derives host-pid.")] = ""
     data_dir: Annotated[str, _doc("Directory for the embedded nats-server's store.")] = ".data"
     embedded_nats_port: Annotated[int, _doc("Port of the embedded nats-server; 0 picks a free one.")] = 4222
-    dev: Annotated[bool, _doc("Development mode: print a dev token and example on start.")] = False
+    dev: Annotated[
+        bool, _doc("Development mode: print a dev token, serve the demo and /dev/token (never in production).")
+    ] = False
+    demo: Annotated[bool, _doc("Serve the demo chat page at / (on in development mode).")] = False
     log_level: Annotated[str, _doc("Log level: debug, info, warning, error.")] = "info"
 
     @property

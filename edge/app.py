@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from core.settings import Settings
-from edge import http_api
+from edge import http_api, pages
 from edge.node import Node
 from edge.session import NODE_KEY, websocket_handler
 
@@ -41,6 +41,8 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     app.router.add_get("/readyz", http_api.readyz)
     app.router.add_get("/metrics", http_api.metrics)
     app.router.add_post("/v1/rooms/{room}/messages", http_api.publish)
+    app.router.add_post("/v1/subjects/{sub}/disconnect", http_api.disconnect)
+    pages.add_routes(app)
     return app
 
 

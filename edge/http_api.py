@@ -12,7 +12,7 @@ from edge.decode import is_utf8
 from edge.node import Node
 from edge.session import NODE_KEY
 from edge.telemetry import CONTENT_TYPE
-from schemas import ErrorCode
+from schemas import CloseCode, ErrorCode
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -81,3 +81,38 @@ async def publish(request: web.Request) -> web.Response:
     if result.duplicate:
         answer["duplicate"] = True
     return web.json_response(answer, status=201)
+
+
+async def disconnect(request: web.Request) -> web.Response:
+    """POST /v1/subjects/<sub>/disconnect (admin token): close that subject's connections on this node.
+
+    Body (optional JSON): {"code": 4503, "reason": "..."}; the code must be a
+    4000-4999 application code. Answers 200 {"closed": N}. Each node acts on
+    its own connections: call every node (or let the client's own token expiry
+    do it) to reach them all.
+    """
+    node: Node = request.app[NODE_KEY]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _problem(401, ErrorCode.FORBIDDEN, "send Authorization: Bearer <admin JWT>")
+    try:
+        principal = await node.verifier.verify(token.strip())
+    except AuthError as exc:
+        return _problem(401, ErrorCode.FORBIDDEN, str(exc))
+    if not principal.admin:
+        return _problem(403, ErrorCode.FORBIDDEN, "the token has no admin claim")
+    options: dict[str, object] = {}
+    if request.can_read_body:
+        try:
+            options = msgspec.json.decode(await request.content.read(4096), type=dict[str, object])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return _problem(400, ErrorCode.BAD_REQUEST, 'the body must be {"code": 4xxx, "reason": "..."}')
+    code = options.get("code", int(CloseCode.FORBIDDEN))
+    reason = options.get("reason", "disconnected by an operator")
+    if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999 or not isinstance(reason, str):
+        return _problem(400, ErrorCode.BAD_REQUEST, "code must be an integer in 4000-4999, reason a string")
+    sub = request.match_info["sub"]
+    victims = [c for c in node.connections if c.principal is not None and c.principal.sub == sub]
+    for conn in victims:
+        conn.close(code, reason)
+    return web.json_response({"closed": len(victims)})

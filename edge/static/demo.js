@@ -1,0 +1,119 @@
+// The demo chat: only /jetsock.js, no build step. It shows the connection state
+// the way an app should ("Reconnecting in 4 s…"), and every message's seq so
+// that a resume after a reconnect can be checked by eye: nothing lost, nothing twice.
+import { Jetsock } from "/jetsock.js";
+
+const $ = (id) => document.getElementById(id);
+const state = $("state");
+const list = $("messages");
+let client = null;
+let room = null;
+let countdown = null;
+let me = "";
+
+function showState(name, info = {}) {
+  clearInterval(countdown);
+  state.className = `pill ${name}`;
+  state.dataset.state = name;
+  if (name === "connected") state.textContent = "Connected";
+  else if (name === "connecting") state.textContent = "Connecting…";
+  else if (name === "closed") state.textContent = `Closed${info.code ? ` (${info.code})` : ""}`;
+  else if (name === "reconnecting" && info.offline) {
+    state.className = "pill offline";
+    state.textContent = "Offline — waiting for the network";
+  } else if (name === "reconnecting") {
+    const until = Date.now() + (info.delayMs || 0);
+    const tick = () => {
+      const left = Math.ceil((until - Date.now()) / 1000);
+      state.textContent = left > 0 ? `Reconnecting in ${left} s…` : "Reconnecting…";
+    };
+    tick();
+    countdown = setInterval(tick, 250);
+  }
+}
+
+function addMessage(msg) {
+  const li = document.createElement("li");
+  li.dataset.seq = String(msg.seq);
+  if (msg.from === me) li.classList.add("mine");
+  const text = typeof msg.data === "object" && msg.data !== null && "text" in msg.data ? msg.data.text : JSON.stringify(msg.data);
+  for (const [cls, value] of [
+    ["seq", `#${msg.seq}`],
+    ["from", msg.from || "backend"],
+    ["text", String(text)],
+    ["time", new Date(msg.ts).toLocaleTimeString()],
+  ]) {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = value;
+    li.append(span);
+  }
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 8;
+  list.append(li);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+  $("position").textContent = `#${room.lastSeq} · epoch ${room.epoch ?? "?"}`;
+}
+
+function notice(text) {
+  const li = document.createElement("li");
+  li.className = "notice";
+  li.textContent = text;
+  list.append(li);
+}
+
+async function devToken(sub) {
+  const response = await fetch(`/dev/token?sub=${encodeURIComponent(sub)}${location.search.replace("?", "&")}`);
+  if (!response.ok) throw new Error("no dev token");
+  return (await response.json()).token;
+}
+
+$("join").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  me = $("name").value.trim();
+  const roomName = $("room").value.trim();
+  const pasted = $("token").value.trim();
+  let token = pasted ? async () => pasted : () => devToken(me);
+  if (!pasted) {
+    try {
+      await devToken(me);
+    } catch {
+      $("token-field").hidden = false;
+      $("token").focus();
+      return;
+    }
+  }
+  client?.close();
+  list.replaceChildren();
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+  client = new Jetsock(url, { token, persist: true });
+  client.on("state", showState);
+  client.on("error", (err) => notice(`⚠ ${err.message ?? err}`));
+  room = client.join(roomName, {
+    onMessage: addMessage,
+    onReset: (info) => notice(`History reset (${info.reason}); going on from #${info.seq}`),
+  });
+  $("room-name").textContent = roomName;
+  $("chat").hidden = false;
+  $("text").focus();
+  window.jetsockDemo = { client, room };
+});
+
+$("send").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("text");
+  const text = input.value.trim();
+  if (!text || !room) return;
+  input.value = "";
+  try {
+    await room.publish({ text });
+  } catch (err) {
+    notice(`⚠ not sent: ${err.message ?? err}`);
+  }
+});
+
+const params = new URLSearchParams(location.search);
+if (params.get("name")) {
+  $("name").value = params.get("name");
+  if (params.get("room")) $("room").value = params.get("room");
+  $("join").requestSubmit();
+}

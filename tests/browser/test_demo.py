@@ -1,0 +1,187 @@
+"""The browser client and the demo in real Chromium: chat, crash and resume, tokens, terminal
+closes, network loss and a page coming back to the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import nats
+from playwright.async_api import BrowserContext
+
+from core.embedded import EmbeddedNats
+from tests.browser.conftest import open_demo, record_states, seqs_on, states
+from tests.edge.checker import stored_seqs
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+async def wait_for(condition: Any, timeout: float = 20.0, every: float = 0.1) -> None:
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(every)
+
+
+async def test_two_pages_chat_through_the_demo(context: BrowserContext, edge_process: Any) -> None:
+    edge = await edge_process()
+    alice = await open_demo(context, edge, "alice")
+    bob = await open_demo(context, edge, "bob")
+    await alice.fill("#text", "hello bob")
+    await alice.press("#text", "Enter")
+    await bob.wait_for_selector("#messages li:has-text('hello bob')")
+    await bob.fill("#text", "hi alice")
+    await bob.click("#send button")
+    await alice.wait_for_selector("#messages li:has-text('hi alice')")
+    for page in (alice, bob):
+        texts = await page.eval_on_selector_all("#messages li .text", "els => els.map(e => e.textContent)")
+        assert texts == ["hello bob", "hi alice"]
+    assert await seqs_on(alice) == await seqs_on(bob)
+    assert await alice.text_content("#messages li:has-text('hi alice') .from") == "bob"
+
+
+async def test_edge_killed_and_restarted_while_a_backend_publishes_200(
+    context: BrowserContext, edge_process: Any, nats_for_browser: EmbeddedNats
+) -> None:
+    edge = await edge_process()
+    page = await open_demo(context, edge, "watcher", room="crash.room")
+    await record_states(page)
+    nc = await nats.connect(nats_for_browser.url)
+    js = nc.jetstream()
+    acked: list[int] = []
+
+    async def backend() -> None:
+        for i in range(200):
+            acked.append((await js.publish("rooms.crash.room", b'{"text": "m%d"}' % i)).seq)
+            await asyncio.sleep(0.01)
+
+    publishing = asyncio.create_task(backend())
+    await wait_for(lambda: asyncio.sleep(0, len(acked) >= 40))
+    edge.kill(signal.SIGKILL)
+    await page.wait_for_selector('#state[data-state="reconnecting"]', timeout=10000)
+    assert "Reconnecting" in (await page.text_content("#state") or "")
+    DOCS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(DOCS / "demo.png"))
+    await asyncio.sleep(1.0)  # messages stored while no edge runs
+    await edge.start()
+    await publishing
+    await nc.close()
+    stored = await stored_seqs(nats_for_browser.url, "crash.room")
+    assert set(acked) == set(stored)
+    await wait_for(lambda: seqs_on(page), timeout=30)
+
+    async def all_there() -> bool:
+        return len(await seqs_on(page)) >= 200
+
+    await wait_for(all_there, timeout=40)
+    assert await seqs_on(page) == stored  # all 200, in order, none twice
+    assert any(s["state"] == "reconnecting" for s in await states(page))
+
+
+async def test_token_about_to_expire_is_refreshed_without_a_reconnect(
+    context: BrowserContext, edge_process: Any
+) -> None:
+    # refresh_before 30 s and a 33 s token: `expiring` comes 3 s after connecting.
+    edge = await edge_process()
+    page = await open_demo(context, edge, "refresher", query="&ttl=33")
+    await record_states(page)
+    await page.evaluate(
+        """() => {
+          window.__frames = [];
+          const ws = window.jetsockDemo.client;
+          const original = WebSocket.prototype.send;
+          WebSocket.prototype.send = function (data) { window.__frames.push(JSON.parse(data).type); return original.call(this, data); };
+        }"""
+    )
+    await wait_for(lambda: page.evaluate("() => window.__frames.includes('refresh')"), timeout=15)
+    await asyncio.sleep(2)
+    assert await states(page) == []  # no reconnect: the session went on
+    await page.fill("#text", "still here")
+    await page.press("#text", "Enter")
+    await page.wait_for_selector("#messages li:has-text('still here')")
+
+
+async def test_an_expired_token_leads_to_a_fresh_token_and_a_resume(
+    context: BrowserContext, edge_process: Any, nats_for_browser: EmbeddedNats
+) -> None:
+    # With refresh_before 0 the server closes with 4001 right at exp, before a refresh can land.
+    edge = await edge_process(refresh_before="0")
+    page = await open_demo(context, edge, "expiring", room="exp.room", query="&ttl=4")
+    await record_states(page)
+    nc = await nats.connect(nats_for_browser.url)
+    js = nc.jetstream()
+    first = (await js.publish("rooms.exp.room", b'{"text": "before"}')).seq
+    await page.wait_for_selector(f'#messages li[data-seq="{first}"]')
+
+    async def saw_4001() -> bool:
+        return any(s["state"] == "reconnecting" and s["info"].get("code") == 4001 for s in await states(page))
+
+    await wait_for(saw_4001, timeout=15)
+    during = (await js.publish("rooms.exp.room", b'{"text": "while away"}')).seq
+    await page.wait_for_selector('#state[data-state="connected"]', timeout=15000)
+    await page.wait_for_selector(f'#messages li[data-seq="{during}"]', timeout=15000)
+    assert await seqs_on(page) == [first, during]
+    await nc.close()
+
+
+async def test_a_terminal_close_does_not_reconnect(context: BrowserContext, edge_process: Any) -> None:
+    edge = await edge_process()
+    page = await open_demo(context, edge, "banned")
+    await record_states(page)
+    assert (await edge.admin("/v1/subjects/banned/disconnect"))["closed"] == 1
+    await page.wait_for_selector('#state[data-state="closed"]', timeout=10000)
+    assert "4503" in (await page.text_content("#state") or "")
+    await asyncio.sleep(3)
+    assert [s["state"] for s in await states(page)] == ["closed"]
+
+
+async def test_offline_then_online_reconnects_at_once(context: BrowserContext, edge_process: Any) -> None:
+    edge = await edge_process()
+    page = await open_demo(context, edge, "traveller")
+    await record_states(page)
+    await context.set_offline(True)
+    # The network is gone and so is the socket (the server drops it, as a dead link would).
+    await edge.admin("/v1/subjects/traveller/disconnect", code=4000, reason="link lost")
+
+    async def offline_shown() -> bool:
+        return any(s["state"] == "reconnecting" and s["info"].get("offline") for s in await states(page))
+
+    await wait_for(offline_shown, timeout=10)
+    await asyncio.sleep(3)  # no attempts are spent while offline
+    assert not any(s["state"] == "connecting" for s in await states(page))
+    await context.set_offline(False)
+    await page.wait_for_selector('#state[data-state="connected"]', timeout=5000)
+
+
+async def test_a_page_coming_back_to_the_foreground_reconnects_at_once(
+    context: BrowserContext, edge_process: Any
+) -> None:
+    edge = await edge_process()
+    page = await open_demo(context, edge, "mobile")
+    await record_states(page)
+    await page.evaluate(
+        """() => {
+          window.__visibility = "visible";
+          Object.defineProperty(document, "visibilityState", { get: () => window.__visibility, configurable: true });
+          Object.defineProperty(document, "hidden", { get: () => window.__visibility === "hidden", configurable: true });
+        }"""
+    )
+    # The app goes to the background and the edge goes away for a while: attempts back off.
+    await page.evaluate(
+        '() => { window.__visibility = "hidden"; document.dispatchEvent(new Event("visibilitychange")); }'
+    )
+    edge.kill(signal.SIGKILL)
+
+    async def long_wait_scheduled() -> bool:
+        return any(s["state"] == "reconnecting" and (s["info"].get("delayMs") or 0) > 2500 for s in await states(page))
+
+    await wait_for(long_wait_scheduled, timeout=60)
+    await edge.start()
+    before = len(await states(page))
+    await page.evaluate(
+        '() => { window.__visibility = "visible"; document.dispatchEvent(new Event("visibilitychange")); }'
+    )
+    await page.wait_for_selector('#state[data-state="connected"]', timeout=2500)
+    after = await states(page)
+    assert [s["state"] for s in after[before:]][:2] == ["connecting", "connected"]
