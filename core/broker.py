@@ -111,9 +111,14 @@ def redacted(url: str) -> str:
     return scheme + sep + rest.rpartition("@")[2] if sep else url.rpartition("@")[2]
 
 
-def scoped_msg_id(sub: str, key: str) -> str:
-    """Nats-Msg-Id for a client's idempotency key: two users' ids never collide."""
-    return f"{sub}:{key}"
+def scoped_msg_id(sub: str, room: str, key: str) -> str:
+    """Nats-Msg-Id for a client's idempotency key.
+
+    JetStream deduplicates across the whole stream, so the key is scoped by the
+    publisher (two users' ids never collide) and by the room (an ack's seq is
+    always a message of the room that was published to).
+    """
+    return f"{sub}:{room}:{key}"
 
 
 class Broker:
@@ -239,7 +244,7 @@ class Broker:
         if sender is not None:
             headers[FROM_HEADER] = sender
         if key is not None:
-            headers[MSG_ID_HEADER] = scoped_msg_id(sender or "", key)
+            headers[MSG_ID_HEADER] = scoped_msg_id(sender or "", room, key)
             headers[ID_HEADER] = key
         try:
             ack = await self._js.publish(room_subject(room), data, headers=headers or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -29,7 +30,7 @@ async def test_client_js_always_served_demo_and_dev_token_only_when_enabled(make
     dev = await make_edge(dev=True)
     status, _, body = await get(dev.http + "/dev/token?sub=carol&ttl=60")
     assert status == 200
-    claims = jwt.decode(aiohttp.helpers.json.loads(body)["token"], SECRET, algorithms=["HS256"])
+    claims = jwt.decode(json.loads(body)["token"], SECRET, algorithms=["HS256"])
     assert claims["sub"] == "carol" and claims["exp"] - claims["iat"] == 60
     assert (await get(dev.http + "/dev/token?sub=a.b"))[0] == 400
     assert (await get(dev.http + "/dev/token?sub=a&ttl=soon"))[0] == 400

@@ -126,3 +126,13 @@ async def test_fanout_encodes_once_per_message_whatever_the_member_count(
     assert calls == seqs  # once per message, not once per member
     for member in members:
         await member.close()
+
+
+async def test_the_same_id_in_two_rooms_is_two_messages(edge: Edge) -> None:
+    client = await connect(edge.url)
+    first = await client.request(type="publish", room="one", data=1, id="same")
+    other = await client.request(type="publish", room="two", data=2, id="same")
+    again = await client.request(type="publish", room="one", data=1, id="same")
+    assert "duplicate" not in other and other["seq"] != first["seq"]
+    assert again["duplicate"] is True and again["seq"] == first["seq"]
+    await client.close()
