@@ -16,7 +16,7 @@ run: $(STAMP)
 	exec $(BIN)/jetsock serve --dev
 
 test: $(STAMP) browser-deps
-	$(BIN)/ruff check core edge schemas tests bench
+	$(BIN)/ruff check core edge schemas clients/python tests bench
 	$(BIN)/mypy
 	node --test tests/js/
 	$(BIN)/python -m pytest -q
@@ -33,8 +33,8 @@ browser-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check core edge schemas tests bench
-	$(BIN)/ruff format --check core edge schemas tests bench
+	$(BIN)/ruff check core edge schemas clients/python tests bench
+	$(BIN)/ruff format --check core edge schemas clients/python tests bench
 	$(BIN)/mypy
 
 schema: $(STAMP)

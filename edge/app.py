@@ -35,7 +35,13 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
         yield
         await node.stop()
 
+    async def close_sockets(_app: web.Application) -> None:
+        # aiohttp waits for handlers to finish before cleanup runs: open WebSockets
+        # must be closed here, or shutdown would wait out its timeout and cut them.
+        await node.close_connections()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_sockets)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", http_api.healthz)
     app.router.add_get("/readyz", http_api.readyz)

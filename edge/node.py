@@ -46,12 +46,16 @@ class Node:
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         log.info("node %s ready: stream %s, epoch %s", self.name, self.settings.stream, self.broker.epoch)
 
-    async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+    async def close_connections(self) -> None:
+        """Close what is still open with 1001 (after a drain, nothing is)."""
         for conn in list(self.connections):
             conn.close(CloseCode.GOING_AWAY, "node stopping")
         await asyncio.gather(*(c.wait_closed() for c in list(self.connections)), return_exceptions=True)
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.close_connections()
         await self.broker.close()
         self.metrics.shutdown()
 

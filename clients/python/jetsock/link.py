@@ -1,0 +1,195 @@
+"""One WebSocket connection: the handshake, the reader with its liveness timer, and request/reply by `ref`.
+
+A `Link` lives from one handshake to one close. Everything that must outlive
+it (rooms, unacked publishes, the token) belongs to the `Client`, which hands
+the link two callbacks: one awaited for `welcome`, one called for every other
+frame in the order frames arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+import aiohttp
+import msgspec
+
+from jetsock.errors import JetsockError
+from schemas import ClientFrame, Ping, ServerFrame, Welcome
+
+if TYPE_CHECKING:
+    from jetsock.room import Room
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "jetsock.v1"
+BEARER_PREFIX = "bearer."
+
+Outcome = tuple[int | None, str, float | None]
+"""How a connection ended: the close code (None without a close frame), a reason,
+and the seconds it had been up since `welcome` (None if it never got there)."""
+
+_decode = msgspec.json.Decoder(ServerFrame).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Disconnected(JetsockError):
+    """The connection a request was sent on ended before its reply."""
+
+
+class Link:
+    """One open WebSocket and the requests in flight on it."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, refs: itertools.count[int], request_timeout: float) -> None:
+        self.ws = ws
+        self.joins: dict[int, tuple[Room, int | None]] = {}
+        """Joins sent on this link and not yet answered: ref -> (room, the `since` sent)."""
+        self._refs = refs
+        self._request_timeout = request_timeout
+        self._requests: dict[int, asyncio.Future[ServerFrame]] = {}
+
+    @classmethod
+    async def open(
+        cls,
+        http: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        *,
+        timeout: float,
+        refs: itertools.count[int],
+        request_timeout: float,
+    ) -> Link | str:
+        """Open a link authenticated with the `bearer.<JWT>` subprotocol, or say why it could not be opened."""
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await http.ws_connect(url, protocols=(SUBPROTOCOL, BEARER_PREFIX + token))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return f"connect failed: {exc!r}"
+        if ws.protocol != SUBPROTOCOL:
+            await ws.close()
+            return f"the server did not select {SUBPROTOCOL}"
+        return cls(ws, refs, request_timeout)
+
+    async def run(
+        self,
+        *,
+        welcome_timeout: float,
+        dead_after: float,
+        on_welcome: Callable[[Link, Welcome], Awaitable[None]],
+        on_frame: Callable[[Link, ServerFrame], None],
+    ) -> Outcome:
+        """Read frames until the connection ends, pinging when it has been silent too long.
+
+        The server's WebSocket pings are answered by aiohttp and never seen
+        here, like in a browser; so silence is measured on frames, and after
+        `heartbeat` s of it a `ping` frame asks for a `pong` (PROTOCOL.md
+        section 6). Nothing within `dead_after` s more means the path is dead
+        even if TCP has not noticed, and the link ends as if lost (1006).
+        """
+        loop = asyncio.get_running_loop()
+        heartbeat: float | None = None  # Known from `welcome`.
+        connected_at: float | None = None
+        last_read = loop.time()
+        ping_sent: float | None = None
+
+        def lasted() -> float | None:
+            return None if connected_at is None else loop.time() - connected_at
+
+        while True:
+            if heartbeat is None:
+                wait = last_read + welcome_timeout - loop.time()
+            elif ping_sent is None:
+                wait = last_read + heartbeat - loop.time()
+            else:
+                wait = ping_sent + dead_after - loop.time()
+            try:
+                message = await self.ws.receive(timeout=max(wait, 0.001))
+            except TimeoutError:
+                if heartbeat is None:
+                    return None, "no welcome in time", None
+                if ping_sent is not None:
+                    return None, f"no reply to ping within {dead_after:g} s", lasted()
+                ping_sent = loop.time()
+                await self.send(Ping(ref=self.next_ref()))
+                continue
+            last_read = loop.time()
+            ping_sent = None
+            kind = message.type
+            if kind is aiohttp.WSMsgType.TEXT:
+                try:
+                    frame = _decode(message.data)
+                except msgspec.DecodeError as exc:
+                    # Frame types added by a later server are skipped, not fatal.
+                    log.debug("skipping a frame this client does not know: %s", exc)
+                    continue
+                if isinstance(frame, Welcome):
+                    heartbeat = frame.heartbeat
+                    connected_at = last_read
+                    await on_welcome(self, frame)
+                else:
+                    on_frame(self, frame)
+            elif kind is aiohttp.WSMsgType.CLOSE:
+                return int(message.data), str(message.extra or ""), lasted()
+            elif kind in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                # No close frame from the server: a lost connection, whatever aiohttp's close_code says.
+                return None, str(message.data or "connection lost"), lasted()
+
+    async def close(self) -> None:
+        """Fail what waits for a reply, and close the socket if it is still open."""
+        requests, self._requests = self._requests, {}
+        for future in requests.values():
+            if not future.done():
+                future.set_exception(Disconnected())
+        self.joins.clear()
+        if not self.ws.closed:
+            # A dead peer must not hold us: on the timeout aiohttp drops the socket.
+            with suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 1.0)
+
+    # --- sending ------------------------------------------------------------
+
+    def next_ref(self) -> int:
+        return next(self._refs)
+
+    async def send(self, frame: ClientFrame) -> None:
+        await self.send_text(_encode(frame).decode())
+
+    async def send_text(self, text: str) -> None:
+        """Send a text frame; a lost connection is not an error here (the reader sees it and reconnects)."""
+        if self.ws.closed:
+            return
+        try:
+            await self.ws.send_str(text)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            log.debug("send failed: %r", exc)
+
+    async def request(self, make: Callable[[int], ClientFrame]) -> ServerFrame:
+        """Send the frame `make(ref)` and wait for the reply carrying `ref`.
+
+        Raises `ServerError` (the reply was `error`), `Disconnected` or `TimeoutError`.
+        """
+        ref = self.next_ref()
+        future: asyncio.Future[ServerFrame] = asyncio.get_running_loop().create_future()
+        self._requests[ref] = future
+        try:
+            await self.send(make(ref))
+            async with asyncio.timeout(self._request_timeout):
+                return await future
+        finally:
+            self._requests.pop(ref, None)
+
+    def reply(self, ref: object, frame: ServerFrame | BaseException) -> bool:
+        """Settle the request `ref` with a frame or an error; False if no request has that ref."""
+        future = self._requests.pop(ref, None) if isinstance(ref, int) else None
+        if future is None:
+            return False
+        if not future.done():
+            if isinstance(frame, BaseException):
+                future.set_exception(frame)
+            else:
+                future.set_result(frame)
+        return True
