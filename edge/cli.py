@@ -29,7 +29,8 @@ def _banner(settings: Settings, nats_url: str) -> str:
     base = f"{settings.host}:{settings.port}"
     return f"""
 jetsock is up.
-  WebSocket  ws://{base}/ws     (subprotocol jetsock.v1)
+  Demo chat  http://{base}/     (open it in two tabs; kill and restart jetsock to watch the resume)
+  WebSocket  ws://{base}/ws     (subprotocol jetsock.v1; browser client at http://{base}/jetsock.js)
   health     http://{base}/healthz  ready: http://{base}/readyz  metrics: http://{base}/metrics
   NATS       {nats_url}
 
