@@ -39,7 +39,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM when the parent dies (Linux), even by SIGKILL."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -72,7 +73,7 @@ class EmbeddedNats:
                 args + self.extra_args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 # Its own session: a Ctrl-C meant for us must not stop NATS before we drain.
                 start_new_session=True,
             )

@@ -25,6 +25,9 @@ def _doc(text: str) -> msgspec.Meta:
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     host: Annotated[str, _doc("Address to listen on; container images set 0.0.0.0.")] = "127.0.0.1"
     port: Annotated[int, _doc("TCP port for WebSockets and HTTP.")] = 8080
+    workers: Annotated[
+        int, _doc("Edge processes sharing the port (SO_REUSEPORT), each with its own NATS connection.")
+    ] = 1
     nats_url: Annotated[str, _doc("Comma-separated NATS servers; empty starts an embedded nats-server.")] = ""
     nats_user: Annotated[str, _doc("NATS user name (or put user:password in the URL).")] = ""
     nats_password: Annotated[str, _doc("NATS password.")] = ""

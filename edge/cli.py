@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from core.embedded import EmbeddedNats
 from core.settings import Settings, add_flags, load_settings
 from core.stream import StreamMismatch
 from edge.app import serve
+from edge.workers import raise_fd_limit, supervise, worker_index
 
 log = logging.getLogger("jetsock")
 
@@ -74,6 +76,10 @@ def _serve(argv: list[str]) -> int:
         settings = msgspec.structs.replace(settings, **dev_overrides)
     if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
         parser.error("set JETSOCK_JWT_SECRET (or --jwt-secret): client tokens cannot be verified without a key")
+    raise_fd_limit()
+    index = worker_index()
+    if index is not None and not settings.node:
+        settings = msgspec.structs.replace(settings, node=f"{socket.gethostname()}-{os.getppid()}-w{index}")
     embedded: EmbeddedNats | None = None
     servers = settings.nats_servers
     try:
@@ -85,13 +91,18 @@ def _serve(argv: list[str]) -> int:
             embedded = EmbeddedNats(Path(settings.data_dir) / "nats", port=port).start()
             servers = [embedded.url]
             log.info("embedded nats-server on %s, store in %s", embedded.url, embedded.store_dir)
+        if settings.workers > 1:
+            env = {**os.environ, "JETSOCK_NATS_URL": ",".join(servers), "JETSOCK_JWT_SECRET": settings.jwt_secret}
+            if settings.dev:
+                print(_banner(settings, ",".join(servers)), flush=True)
+            return supervise(settings.workers, argv, env)
         started: asyncio.Future[None] | None = None
 
         async def main() -> None:
             nonlocal started
             started = asyncio.get_running_loop().create_future()
             started.add_done_callback(
-                lambda _f: settings.dev and print(_banner(settings, ",".join(servers)), flush=True)
+                lambda _f: settings.dev and index is None and print(_banner(settings, ",".join(servers)), flush=True)
             )
             await serve(settings, servers, started)
 

@@ -1,0 +1,88 @@
+"""`jetsock serve --workers N`: several processes on one port, each a full node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from core.embedded import EmbeddedNats, free_port
+from tests.conftest import SECRET, connect
+
+JETSOCK = str(Path(sys.executable).parent / "jetsock")
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(x) for x in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")},
+        "JETSOCK_NATS_URL": nats_server.url,
+        "JETSOCK_JWT_SECRET": SECRET,
+        "JETSOCK_PORT": str(port),
+        "JETSOCK_DRAIN_SECONDS": "0.5",
+    }
+    log = tmp_path / "workers.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [JETSOCK, "serve", "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+            while len(_descendants(proc.pid)) < 2:
+                await asyncio.sleep(0.1)
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # both workers listening
+        clients = [await connect(f"ws://127.0.0.1:{port}/ws", f"u{i}") for i in range(24)]
+        nodes = {c.welcome["node"] for c in clients}  # type: ignore[index]
+        assert len(nodes) == 2 and all(n.endswith(("-w0", "-w1")) for n in nodes), nodes
+        for client in clients:
+            await client.request(type="join", room="shared")
+        # A publish through one worker reaches members on both.
+        ack = await clients[0].request(type="publish", room="shared", data={"hello": "workers"})
+        seq = ack["seq"] if ack["type"] == "ack" else ack["seq"]
+        for client in clients[1:]:
+            msg = await client.expect("msg")
+            assert msg["seq"] == seq
+        workers = _descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGTERM)
+        for client in clients:
+            code, _ = await client.closed()
+            assert code == 1012
+            await client.close()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived the supervisor"
+            await asyncio.sleep(0.1)
+        text = log.read_text()
+        assert "file descriptors: soft limit" in text and "started 2 workers" in text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
