@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test browser-deps lint schema settings-doc clean
+.PHONY: run cluster test system-deps lint schema settings-doc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,20 +15,25 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	exec $(BIN)/jetsock serve --dev
 
-test: $(STAMP) browser-deps
+# The compose topology as local processes: 3 clustered nats-servers, 2 edges, HAProxy on :8080.
+cluster: $(STAMP) system-deps
+	exec $(BIN)/jetsock cluster
+
+test: $(STAMP) system-deps
 	$(BIN)/ruff check core edge schemas clients/python tests bench
 	$(BIN)/mypy
 	node --test tests/js/
 	$(BIN)/python -m pytest -q
 
-# Debian's Chromium for the browser tests (Playwright's own download does not
-# work offline), and node for the JS client's unit tests: installed when root.
-browser-deps:
-	@if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then \
+# Debian packages the tests use: Chromium for the browser tests (Playwright's
+# own download does not work offline), node for the JS client's unit tests,
+# HAProxy for the cluster tests and `make cluster`. Installed when run as root.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v node >/dev/null || ! command -v haproxy >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs haproxy >/dev/null; \
 	  else \
-	    echo "chromium and node are needed for the browser and JS tests: apt-get install chromium nodejs" >&2; exit 1; \
+	    echo "the tests need chromium, node and haproxy: apt-get install chromium nodejs haproxy" >&2; exit 1; \
 	  fi; \
 	fi
 

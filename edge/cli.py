@@ -1,4 +1,4 @@
-"""The `jetsock` command: `jetsock serve [flags]`, and `jetsock token` for development."""
+"""The `jetsock` command: `jetsock serve [flags]`, and `jetsock cluster` for a local cluster."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import msgspec
@@ -18,6 +20,7 @@ from core.embedded import EmbeddedNats
 from core.settings import Settings, add_flags, load_settings
 from core.stream import StreamMismatch
 from edge.app import serve
+from edge.localcluster import LocalCluster
 from edge.workers import raise_fd_limit, supervise, worker_index
 
 log = logging.getLogger("jetsock")
@@ -118,14 +121,49 @@ def _serve(argv: list[str]) -> int:
     return 0
 
 
+def _cluster(argv: list[str]) -> int:
+    """`jetsock cluster`: 3 clustered nats-servers, 2 edges and HAProxy on one machine."""
+    parser = argparse.ArgumentParser(prog="jetsock cluster", description=_cluster.__doc__)
+    parser.add_argument("--port", type=int, default=8080, help="HAProxy's port on 127.0.0.1")
+    parser.add_argument("--edges", type=int, default=2, help="edge nodes behind HAProxy")
+    parser.add_argument("--dir", default=".data/cluster", help="where the NATS stores and logs go")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    secret = os.environ.get("JETSOCK_JWT_SECRET") or DEV_SECRET
+    cluster = LocalCluster(Path(args.dir), port=args.port, edges=args.edges, jwt_secret=secret)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: stop.set())
+    try:
+        cluster.start()
+        token = make_token(secret, "dev-user", join=[">"], publish=[">"], ttl=7 * 86400)
+        print(
+            f"""
+jetsock cluster is up: HAProxy on http://127.0.0.1:{args.port} (round robin, no stickiness)
+  edges   {", ".join(f"{e.name} on 127.0.0.1:{e.port}" for e in cluster.edges)}
+  NATS    {", ".join(cluster.nats_urls)}  (JetStream cluster, stream at R3)
+  logs    {args.dir}/
+  token   {token}
+Ctrl-C stops all of it.""",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        cluster.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: jetsock serve [flags]   (jetsock serve --help lists every setting)")
+        print("       jetsock cluster [--port 8080]   (3 NATS, 2 edges, HAProxy: the compose topology locally)")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "serve":
         return _serve(rest)
+    if command == "cluster":
+        return _cluster(rest)
     print(f"jetsock: unknown command {command!r}; try: jetsock serve --help", file=sys.stderr)
     return 2
 
