@@ -404,7 +404,7 @@ def test_chart_nats_cluster(render: Callable[..., Rendered]) -> None:
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     (container,) = sts["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == "nats:2.11-alpine"
+    assert container["image"] == "nats:2.15-alpine"
     assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}[claim["metadata"]["name"]] == "/data"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz?js-enabled-only=true"
     assert container["readinessProbe"]["httpGet"]["port"] == "monitor"
