@@ -17,7 +17,6 @@ def test_ripples_never_trim() -> None:
     assert not any(policy.observe(n) for n in [900, 100, 950, 10, 999, 0] * 10)
 
 
-
 def test_the_tail_of_a_wave_is_trimmed_too() -> None:
     policy = TrimPolicy(step=1000)
     policy.observe(5000)
