@@ -25,6 +25,9 @@ from core.stream import ensure_stream, epoch_of
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 256
+LAG_RETRIES = 5
+LAG_PAUSE = 0.05
+"""Seconds (times the attempt) before asking the stream again when a replica seems behind."""
 
 
 class ReplaySlots:
@@ -71,13 +74,13 @@ class Replay:
     client between batches.
     """
 
-    __slots__ = ("_fetcher", "_first", "_more", "_room", "_slots", "_upper", "recovered")
+    __slots__ = ("_after", "_fetcher", "_first", "_room", "_slots", "_upper", "recovered")
 
     def __init__(
         self,
         recovered: bool,
         first: list[StoredMessage] | None = None,
-        more: bool = False,
+        after: int = 0,
         room: str = "",
         upper: int = 0,
         fetcher: RoomFetcher | None = None,
@@ -85,24 +88,33 @@ class Replay:
     ) -> None:
         self.recovered = recovered
         self._first = first or []
-        self._more = more
+        self._after = after
         self._room = room
         self._upper = upper
         self._fetcher = fetcher
         self._slots = slots
 
     async def batches(self) -> AsyncIterator[list[StoredMessage]]:
-        batch = self._first
-        more = self._more
-        while batch:
-            yield batch
-            if not more or self._fetcher is None or self._slots is None or batch[-1].seq >= self._upper:
+        """Every message in (since, upper]; `upper` is a room message's seq (the
+        node's cursor), so a complete replay ends exactly on it. Direct gets are
+        answered by any replica, and one may lag: a short read is retried."""
+        batch, last, lagging = self._first, self._after, 0
+        while True:
+            if batch:
+                yield batch
+                last, lagging = batch[-1].seq, 0
+            if last >= self._upper or self._fetcher is None or self._slots is None:
                 return
+            if not batch:
+                lagging += 1
+                if lagging > LAG_RETRIES:
+                    raise Unavailable("the stream replica answering is behind; retry")
+                await asyncio.sleep(LAG_PAUSE * lagging)
             try:
-                got = await self._slots.fetch(self._fetcher, self._room, batch[-1].seq, REPLAY_BATCH, self._upper)
+                got = await self._slots.fetch(self._fetcher, self._room, last, REPLAY_BATCH, self._upper)
             except FetchError as exc:
                 raise Unavailable(str(exc)) from None
-            batch, more = got.messages, got.pending > 0
+            batch = got.messages
 
 
 def redacted(url: str) -> str:
@@ -132,6 +144,7 @@ class Broker:
         self.epoch = ""
         self._closing = False
         self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
+        self._audit: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------
 
@@ -169,9 +182,12 @@ class Broker:
         self._fetcher = RoomFetcher(self.nc, self.settings.stream)
         await self._fetcher.start()
         self._feeds = LiveFeeds(self.nc, self._fetcher, self._listener)
+        self._audit = asyncio.get_running_loop().create_task(self._feeds.audit_loop(self.settings.audit_interval))
 
     async def close(self) -> None:
         self._closing = True
+        if self._audit is not None:
+            self._audit.cancel()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
@@ -274,17 +290,22 @@ class Broker:
                 first = await self.replay_slots.fetch(self.fetcher, room, 0, min(limit + 1, REPLAY_BATCH), upper)
                 messages = first.messages
             else:
-                first = await self.replay_slots.fetch(
-                    self.fetcher, room, since - 1, min(limit + 2, REPLAY_BATCH), upper
-                )
-                if not first.messages or first.messages[0].seq != since:
+                for lagging in range(LAG_RETRIES + 1):
+                    first = await self.replay_slots.fetch(
+                        self.fetcher, room, since - 1, min(limit + 2, REPLAY_BATCH), upper
+                    )
+                    if first.messages and first.messages[0].seq == since:
+                        break
+                    # Gone, or not yet on the replica that answered: ask again before concluding.
+                    await asyncio.sleep(LAG_PAUSE * (lagging + 1))
+                else:
                     return Replay(False)
                 messages = first.messages[1:]
         except FetchError as exc:
             raise Unavailable(str(exc)) from None
         if len(messages) + first.pending > limit:
             return Replay(False)
-        return Replay(True, messages, first.pending > 0, room, upper, self.fetcher, self.replay_slots)
+        return Replay(True, messages, since, room, upper, self.fetcher, self.replay_slots)
 
     async def _nothing_discarded(self, room: str) -> bool:
         """For `since` = 0: true when no message of the room can have been removed."""

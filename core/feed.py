@@ -43,7 +43,7 @@ class FeedListener(Protocol):
 
 
 class _RoomFeed:
-    __slots__ = ("cursor", "ready", "repairing", "room", "sub", "target")
+    __slots__ = ("cursor", "ready", "repairing", "room", "sub", "suspect", "target")
 
     def __init__(self, room: str, ready: asyncio.Future[int]) -> None:
         self.room = room
@@ -53,6 +53,8 @@ class _RoomFeed:
         self.repairing: asyncio.Task[None] | None = None
         # Highest sequence seen live while not delivering in order.
         self.target = 0
+        # A head beyond the cursor seen by the last audit (0: none).
+        self.suspect = 0
 
 
 class LiveFeeds:
@@ -175,8 +177,48 @@ class LiveFeeds:
                     self._listener.deliver(feed.room, fresh)
                 if feed.cursor.seq >= feed.target:
                     return
+                if not fresh:
+                    # The replica that answered is behind what was seen live: give it a moment.
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, REPAIR_RETRY_MAX)
         finally:
             feed.repairing = None
+
+    async def audit_loop(self, interval: float) -> None:
+        """Every `interval` s, compare each room's stored head with its cursor.
+
+        A gap is noticed when a later message arrives; the last message before a
+        room goes quiet has no later one. A head that is still ahead of the
+        cursor at the next audit (not merely in flight) starts a repair.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.audit_once()
+            except FetchError as exc:
+                log.debug("audit skipped: %s", exc)
+
+    async def audit_once(self, chunk: int = 64) -> int:
+        """One audit pass; the number of repairs it started."""
+        rooms = [room for room, feed in self._rooms.items() if feed.ready.done() and feed.repairing is None]
+        started = 0
+        for i in range(0, len(rooms), chunk):
+            heads = await self._fetcher.heads(rooms[i : i + chunk])
+            for room in rooms[i : i + chunk]:
+                feed = self._rooms.get(room)
+                if feed is None or feed.repairing is not None or not feed.ready.done():
+                    continue
+                head = heads.get(room, 0)
+                if head <= feed.cursor.seq:
+                    feed.suspect = 0
+                elif feed.suspect and feed.suspect <= head and feed.cursor.seq < feed.suspect:
+                    feed.target = max(feed.target, head)
+                    feed.suspect = 0
+                    self._start_repair(feed)
+                    started += 1
+                else:
+                    feed.suspect = head
+        return started
 
     def repair_all(self) -> None:
         """After a reconnect: messages republished meanwhile were lost; fetch them."""

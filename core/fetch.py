@@ -18,8 +18,8 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from core.inbox import subscribe_direct
-from core.rooms import room_subject
-from core.stored import SEQUENCE_HEADER, StoredMessage, stored_message
+from core.rooms import room_of_subject, room_subject
+from core.stored import SEQUENCE_HEADER, SUBJECT_HEADER, StoredMessage, stored_message
 
 NUM_PENDING_HEADER = "Nats-Num-Pending"
 STATUS_HEADER = "Status"
@@ -72,7 +72,9 @@ class RoomFetcher:
         headers = msg.headers or {}
         status = headers.get(STATUS_HEADER)
         if status is None:
-            fetch.messages.append(stored_message(fetch.room, int(headers[SEQUENCE_HEADER]), headers, msg.data))
+            # A request over several rooms (heads) names each message's room by its subject.
+            room = fetch.room or room_of_subject(headers.get(SUBJECT_HEADER, "")) or ""
+            fetch.messages.append(stored_message(room, int(headers[SEQUENCE_HEADER]), headers, msg.data))
             fetch.pending = int(headers.get(NUM_PENDING_HEADER, 0))
         elif status == "204":  # end of batch
             fetch.pending = int(headers.get(NUM_PENDING_HEADER, 0))
@@ -122,6 +124,13 @@ class RoomFetcher:
         """The sequence of the room's newest stored message; 0 when it has none."""
         got = await self._request(room, {"multi_last": [room_subject(room)], "batch": 1})
         return got.messages[-1].seq if got.messages else 0
+
+    async def heads(self, rooms: list[str]) -> dict[str, int]:
+        """The newest stored seq of each room that has messages, in one request."""
+        if not rooms:
+            return {}
+        got = await self._request("", {"multi_last": [room_subject(r) for r in rooms], "batch": len(rooms)})
+        return {m.room: m.seq for m in got.messages if m.room}
 
     async def fetch_all(self, room: str, after: int, up_to: int | None = None, batch: int = 256) -> list[StoredMessage]:
         """Every message of `room` with seq in (`after`, `up_to`], in order."""

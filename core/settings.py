@@ -46,6 +46,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_msgs_per_room: Annotated[
         int, _doc("Messages kept per room (stream max_msgs_per_subject); -1 for no limit.")
     ] = 10000
+    audit_interval: Annotated[
+        float,
+        _doc("Seconds between checks of each active room's stored head against what the node delivered."),
+    ] = 5.0
     max_replay: Annotated[int, _doc("Most messages a join with `since` replays before answering recovered=false.")] = (
         10000
     )

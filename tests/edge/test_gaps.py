@@ -118,3 +118,19 @@ async def test_recreated_stream_resets_active_rooms(edge: Edge, backend: Any, na
     reset = await client.expect("reset", timeout=15)
     assert reset["room"] == "life" and reset["epoch"] != old_epoch and reset["seq"] == 0
     await client.close()
+
+
+async def test_a_lost_last_message_is_found_by_the_audit(make_edge: Any, backend: Any) -> None:
+    # Nothing after it would reveal the gap: the periodic head audit must.
+    edge = await make_edge(audit_interval=0.2)
+    client = await connect(edge.url)
+    await client.request(type="join", room="quiet")
+    js = backend.jetstream()
+    first = (await js.publish("rooms.quiet", b"1")).seq
+    assert (await client.expect("msg"))["seq"] == first
+    edge.node.broker.feeds.drop_filter = lambda room, seq: True  # the live path loses everything now
+    last = (await js.publish("rooms.quiet", b'"the last word"')).seq
+    msg = await client.expect("msg", timeout=10)
+    assert msg["seq"] == last and msg["data"] == "the last word"
+    assert edge.node.broker.feeds.repairs >= 1
+    await client.close()
