@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from core.auth import AuthError
+from core.auth import AuthError, Principal
 from core.broker import Unavailable
 from core.rooms import is_valid_room
 from edge.decode import is_utf8
@@ -19,6 +19,17 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 def _problem(status: int, code: ErrorCode, message: str) -> web.Response:
     return web.json_response({"code": str(code), "message": message}, status=status)
+
+
+async def _bearer(request: web.Request, node: Node, wanted: str) -> Principal | web.Response:
+    """The principal of the request's `Authorization: Bearer` token, or the 401 to answer."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _problem(401, ErrorCode.FORBIDDEN, f"send Authorization: Bearer <{wanted}>")
+    try:
+        return await node.verifier.verify(token.strip())
+    except AuthError as exc:
+        return _problem(401, ErrorCode.FORBIDDEN, str(exc))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -46,13 +57,9 @@ async def publish(request: web.Request) -> web.Response:
     room = request.match_info["room"]
     if not is_valid_room(room):
         return _problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return _problem(401, ErrorCode.FORBIDDEN, "send Authorization: Bearer <JWT with publish rights>")
-    try:
-        principal = await node.verifier.verify(token.strip())
-    except AuthError as exc:
-        return _problem(401, ErrorCode.FORBIDDEN, str(exc))
+    principal = await _bearer(request, node, "a JWT with publish rights")
+    if isinstance(principal, web.Response):
+        return principal
     if not principal.can_publish(room):
         return _problem(403, ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}")
     limit = node.settings.max_data_bytes
@@ -92,13 +99,9 @@ async def disconnect(request: web.Request) -> web.Response:
     do it) to reach them all.
     """
     node: Node = request.app[NODE_KEY]
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return _problem(401, ErrorCode.FORBIDDEN, "send Authorization: Bearer <admin JWT>")
-    try:
-        principal = await node.verifier.verify(token.strip())
-    except AuthError as exc:
-        return _problem(401, ErrorCode.FORBIDDEN, str(exc))
+    principal = await _bearer(request, node, "an admin JWT")
+    if isinstance(principal, web.Response):
+        return principal
     if not principal.admin:
         return _problem(403, ErrorCode.FORBIDDEN, "the token has no admin claim")
     options: dict[str, object] = {}
