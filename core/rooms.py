@@ -29,11 +29,16 @@ def is_valid_room(name: str) -> bool:
     return len(name) <= MAX_ROOM_LENGTH and _ROOM_RE.match(name) is not None
 
 
+ROOM_RULE = (
+    f"a room name is 1-{MAX_ROOM_LENGTH} characters: segments of [A-Za-z0-9_-] joined by '.', "
+    f"at most {MAX_SEGMENTS} segments"
+)
+"""What to tell a client whose room name breaks the rules."""
+
+
 def check_room(name: str) -> str:
     if not is_valid_room(name):
-        raise InvalidRoom(
-            f"a room name is 1-128 characters of [A-Za-z0-9_-] segments joined by '.', at most {MAX_SEGMENTS} segments"
-        )
+        raise InvalidRoom(ROOM_RULE)
     return name
 
 

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from core.auth import AuthError, Principal
 from core.broker import Unavailable
-from core.rooms import is_valid_room
+from core.rooms import ROOM_RULE, is_valid_room
 from edge.decode import is_utf8
 from edge.node import Node
 from edge.session import NODE_KEY
@@ -56,7 +56,7 @@ async def publish(request: web.Request) -> web.Response:
     node: Node = request.app[NODE_KEY]
     room = request.match_info["room"]
     if not is_valid_room(room):
-        return _problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}")
+        return _problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}: {ROOM_RULE}")
     principal = await _bearer(request, node, "a JWT with publish rights")
     if isinstance(principal, web.Response):
         return principal

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from core.auth import AuthError, Principal
 from core.broker import Replay, Unavailable
-from core.rooms import is_valid_room
+from core.rooms import ROOM_RULE, is_valid_room
 from edge.connection import Connection
 from edge.decode import BadFrame, decode_client_frame
 from edge.node import Node
@@ -41,7 +41,6 @@ SUBPROTOCOL = "jetsock.v1"
 BEARER_PREFIX = "bearer."
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 
-_INVALID_ROOM = "a room name is 1-128 characters: segments of [A-Za-z0-9_-] joined by '.', at most 16 segments"
 _QUERY_TOKEN_KEYS = {"token", "access_token", "jwt", "auth", "bearer", "authorization", "id_token"}
 _QUERY_TOKEN_REASON = "token in URL refused: use the bearer.<JWT> subprotocol, a cookie, or an auth frame"
 
@@ -205,7 +204,7 @@ async def _join(node: Node, conn: Connection, frame: Join) -> None:
     principal = conn.principal
     assert principal is not None
     if not is_valid_room(room):
-        conn.error(ErrorCode.INVALID_ROOM, _INVALID_ROOM, ref)
+        conn.error(ErrorCode.INVALID_ROOM, ROOM_RULE, ref)
     elif not principal.can_join(room):
         conn.error(ErrorCode.FORBIDDEN, f"the token does not allow joining {room!r}", ref)
     elif room in conn.rooms:
@@ -280,7 +279,7 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
             conn.error(ErrorCode.RATE_LIMITED, f"at most {node.settings.publish_rate:g} publishes per second", ref)
         return
     if not is_valid_room(room):
-        conn.error(ErrorCode.INVALID_ROOM, _INVALID_ROOM, ref)
+        conn.error(ErrorCode.INVALID_ROOM, ROOM_RULE, ref)
         return
     if not principal.can_publish(room):
         conn.error(ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}", ref)
