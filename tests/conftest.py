@@ -160,6 +160,21 @@ async def connect(url: str, sub: str = "alice", tok: str | None = None, **kw: An
     return client
 
 
+async def wait_ready(base: str, process: Any = None, timeout: float = 30.0, log: Any = None) -> None:
+    """Poll `base`/readyz until it answers 200; fail early if `process` exits."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
+        while True:
+            if process is not None:
+                assert process.poll() is None, f"the edge exited:\n{log() if log else ''}"
+            try:
+                async with http.get(base + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def clients() -> AsyncIterator[list[Client]]:
     opened: list[Client] = []

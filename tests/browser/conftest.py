@@ -6,7 +6,6 @@ with SIGKILL and start it again on the same port, as a crash and a restart would
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from core.embedded import EmbeddedNats, free_port
-from tests.conftest import SECRET
+from tests.conftest import SECRET, wait_ready
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -70,16 +69,8 @@ class EdgeProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
-            while True:
-                try:
-                    async with http.get(self.http + "/readyz") as r:
-                        if r.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                assert self.process.poll() is None, self.log_path.read_text()[-2000:]
-                await asyncio.sleep(0.1)
+        await wait_ready(self.http, self.process, 20, lambda: self.log_path.read_text()[-2000:])
+        return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -166,9 +166,15 @@ async def test_faults_through_a_real_load_balancer(cluster: LocalCluster) -> Non
         missing = sorted(set(expected) - set(got))
         if missing:
             report.setdefault("missing", []).append(
-                {"client": watcher.index, "room": watcher.room_name, "seqs": missing[:5], "start": watcher.start_seq,
-                 "last": got[-1] if got else None, "nodes": watcher.nodes,
-                 "around": [s for s in got if missing[0] - 40 < s < missing[0] + 40]}
+                {
+                    "client": watcher.index,
+                    "room": watcher.room_name,
+                    "seqs": missing[:5],
+                    "start": watcher.start_seq,
+                    "last": got[-1] if got else None,
+                    "nodes": watcher.nodes,
+                    "around": [s for s in got if missing[0] - 40 < s < missing[0] + 40],
+                }
             )
         lost += len(missing)
         duplicated += len(got) - len(set(got))

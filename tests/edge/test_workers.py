@@ -10,10 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
-
 from core.embedded import EmbeddedNats, free_port
-from tests.conftest import SECRET, connect
+from tests.conftest import SECRET, connect, wait_ready
 
 JETSOCK = str(Path(sys.executable).parent / "jetsock")
 
@@ -47,17 +45,10 @@ async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNat
             [JETSOCK, "serve", "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+        async with asyncio.timeout(30):
             while len(_descendants(proc.pid)) < 2:
                 await asyncio.sleep(0.1)
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
         await asyncio.sleep(1.0)  # both workers listening
         clients = [await connect(f"ws://127.0.0.1:{port}/ws", f"u{i}") for i in range(24)]
         nodes = {c.welcome["node"] for c in clients}  # type: ignore[index]

@@ -28,7 +28,7 @@ import nats
 from nats.js.errors import NotFoundError
 
 from core.embedded import EmbeddedNats, free_port
-from tests.conftest import SECRET, Client, connect, token
+from tests.conftest import SECRET, Client, connect, token, wait_ready
 from tests.hostile.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWS
 
 JETSOCK = str(Path(sys.executable).parent / "jetsock")
@@ -238,18 +238,7 @@ class Hostile:
             }
         )
         self.proc = self._spawn(env)
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert self.proc.poll() is None, f"jetsock serve exited:\n{self.output()}"
-                assert time.monotonic() < deadline, f"jetsock serve not ready:\n{self.output()}"
-                try:
-                    async with http.get(self.http + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(self.http, self.proc, 30, self.output)
         self.nc = await nats.connect(self.nats.url)
         self.js = self.nc.jetstream()
         await self.control.start()

@@ -150,7 +150,7 @@ async def test_with_the_malloc_allocator_rss_returns_near_the_baseline(tmp_path:
     import aiohttp
 
     from core.embedded import EmbeddedNats, free_port
-    from tests.conftest import SECRET
+    from tests.conftest import SECRET, wait_ready
 
     def rss_kb(pid: int) -> int:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -172,16 +172,7 @@ async def test_with_the_malloc_allocator_rss_returns_near_the_baseline(tmp_path:
         }
         edge = subprocess.Popen([str(Path(sys.executable).parent / "jetsock"), "serve"], env=env)
         try:
-            async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(20):
-                    while True:
-                        try:
-                            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                                if r.status == 200:
-                                    break
-                        except aiohttp.ClientError:
-                            pass
-                        await asyncio.sleep(0.1)
+            await wait_ready(f"http://127.0.0.1:{port}", edge)
             await asyncio.sleep(1)
             baseline = rss_kb(edge.pid)
             gate = asyncio.Semaphore(400)
