@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run cluster test system-deps lint schema settings-doc clean
+.PHONY: run cluster test system-deps bench bench-quick bench-deps lint schema settings-doc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -34,6 +34,24 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs haproxy >/dev/null; \
 	  else \
 	    echo "the tests need chromium, node and haproxy: apt-get install chromium nodejs haproxy" >&2; exit 1; \
+	  fi; \
+	fi
+
+# Benchmarks against python-socketio (bench/README.md): the full set takes about
+# half an hour and rewrites bench/REPORT.md; bench-quick runs every scenario small.
+bench: $(STAMP) bench-deps
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP) bench-deps
+	$(BIN)/python -m bench --quick
+
+# The peer's redis-server, from Debian when run as root.
+bench-deps:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "the benchmark's peer needs redis-server: apt-get install redis-server" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -148,7 +148,11 @@ async def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
     }
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as server:
-        scenarios = (("fanout", []), ("idle_no_rooms", []), ("idle_2_rooms", ["bench.idle.a", "bench.idle.b"]))
+        scenarios: tuple[tuple[str, list[str]], ...] = (
+            ("fanout", []),
+            ("idle_no_rooms", []),
+            ("idle_2_rooms", ["bench.idle.a", "bench.idle.b"]),
+        )
         for name, rooms in scenarios:
             port = free_port()
             env = {

@@ -1,0 +1,57 @@
+"""`python -m bench [--quick] [--only idle,fanout] [--systems jetsock,python-socketio]`.
+
+Runs every scenario against every system, writes bench/results/<scenario>-<system>.json
+with the report's fixed keys, then regenerates bench/REPORT.md and its plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.conductor import progress
+from bench.machine import describe
+from bench.report import RESULTS, write_report
+from bench.scenarios import FULL, QUICK, SCENARIOS
+from bench.systems import SYSTEMS
+
+
+async def run(scenarios: list[str], systems: list[str], quick: bool) -> None:
+    scale = QUICK if quick else FULL
+    machine = describe()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    for scenario in scenarios:
+        for system in systems:
+            began = time.monotonic()
+            figures = await SCENARIOS[scenario](system, scale)
+            result = {"scenario": scenario, "system": system, **figures, "machine": machine, "quick": quick}
+            path = RESULTS / f"{scenario}-{system}.json"
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            headline = {k: v for k, v in figures.items() if not isinstance(v, (list, dict))}
+            progress(f"{scenario} {system} ({time.monotonic() - began:.0f} s): {headline}")
+            print(file=sys.stderr)
+    write_report()
+    progress(f"bench done in {time.monotonic() - started:.0f} s: {Path('bench/REPORT.md')}")
+    print(file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="every scenario at small scale (under 3 minutes)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
+    parser.add_argument("--report-only", action="store_true", help="regenerate REPORT.md from the stored results")
+    args = parser.parse_args()
+    if args.report_only:
+        write_report()
+        return
+    asyncio.run(run(args.only.split(","), args.systems.split(","), args.quick))
+
+
+if __name__ == "__main__":
+    main()

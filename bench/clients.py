@@ -1,0 +1,326 @@
+"""The benchmark's clients: one class per system, the same work for both.
+
+A client opens its socket (`bench.wire`), authenticates with a JWT, joins its
+rooms, then counts what arrives: every room message carries the publisher's
+clock `t` (ms) and, when the publisher numbers them, `n` per room, so the
+latency, the losses and the duplicates are measured the same way for both
+systems. On a lost connection the client reconnects with the browser client's
+backoff (jetsock.policy) and, where the system can, resumes: jetsock rejoins
+with `since`; python-socketio has no replay, so it just rejoins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
+
+from bench import hist
+from bench.wire import WsProtocol, handshake
+from jetsock.policy import Backoff, Reconnect, decide, reconnect_delay
+
+
+class Data(msgspec.Struct):
+    """The bench payload: publisher time (unix ms), number within the room (0: not numbered)."""
+
+    t: float = 0.0
+    n: int = 0
+
+
+class JetsockFrame(msgspec.Struct):
+    type: str
+    room: str = ""
+    seq: int = 0
+    data: Data | None = None
+    code: str = ""
+
+
+class SioMessage(msgspec.Struct):
+    room: str
+    t: float = 0.0
+    n: int = 0
+
+
+_decode_jetsock = msgspec.json.Decoder(JetsockFrame).decode
+_decode_sio_event = msgspec.json.Decoder(tuple[str, SioMessage]).decode
+_encode = msgspec.json.Encoder().encode
+PAD = "x" * 70
+"""Makes `data` about 100 bytes, as the issue's fan-out asks."""
+
+
+class Stats:
+    """What one load-generator process counted; `snapshot` is sent to the conductor."""
+
+    def __init__(self) -> None:
+        self.connected = 0
+        self.opened = 0
+        self.failed = 0
+        self.reconnects = 0
+        self.deliveries = 0
+        self.acks = 0
+        self.lost = 0
+        self.duplicates = 0
+        self.histogram: dict[int, int] = {}
+        self.closes: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.expected: dict[str, int] = {}
+        self.caught_up_at: list[float] = []
+        """Unix times at which each client had everything in `expected` for all its rooms."""
+
+    def delivered(self, room: str, sent_ms: float, number: int, client: BenchClient) -> None:
+        self.deliveries += 1
+        if sent_ms:
+            self.sample(sent_ms)
+        if number:
+            last = client.last_n.get(room, 0)
+            if number <= last:
+                self.duplicates += 1
+                return
+            if last and number > last + 1:
+                self.lost += number - last - 1
+            client.last_n[room] = number
+            if self.expected and not client.caught_up and number >= self.expected.get(room, 1 << 62):
+                client.check_caught_up()
+
+    def sample(self, since_ms: float) -> None:
+        """Count the time from `since_ms` (unix ms) to now in the latency histogram."""
+        key = hist.bucket(time.time() * 1000.0 - since_ms)
+        self.histogram[key] = self.histogram.get(key, 0) + 1
+
+    def reset(self) -> None:
+        self.deliveries = 0
+        self.acks = 0
+        self.histogram = {}
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "connected": self.connected,
+            "opened": self.opened,
+            "failed": self.failed,
+            "reconnects": self.reconnects,
+            "deliveries": self.deliveries,
+            "acks": self.acks,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "histogram": self.histogram,
+            "closes": dict(self.closes),
+            "errors": dict(self.errors),
+            "caught_up_at": self.caught_up_at,
+        }
+
+
+class BenchClient:
+    """One connection with its rooms; subclasses speak one system's protocol."""
+
+    system = ""
+    path = ""
+
+    def __init__(
+        self,
+        stats: Stats,
+        host: str,
+        port: int,
+        token: str,
+        rooms: Sequence[str],
+        source: str,
+        reconnect: bool = False,
+    ) -> None:
+        self.stats = stats
+        self.host = host
+        self.port = port
+        self.token = token
+        self.rooms = list(rooms)
+        self.source = source
+        self.reconnect = reconnect
+        self.proto: WsProtocol | None = None
+        self.ready: asyncio.Future[None] | None = None
+        self.pending_joins = 0
+        self.last_n: dict[str, int] = {}
+        self.last_seq: dict[str, int] = {}
+        """jetsock's stream seq per room, for `since` on resume."""
+        self.caught_up = False
+        self.attempt = 0
+        self.stopped = False
+
+    async def open(self, timeout: float = 60.0) -> None:
+        """Connect, authenticate and join every room; raise when any step fails."""
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        request = self.request()
+        self.proto = None
+
+        def protocol() -> WsProtocol:
+            # Set before any data arrives: the 101 and the first frame may come in one read.
+            self.proto = WsProtocol(request, self.on_text, self.on_close)
+            return self.proto
+
+        _transport, proto = await asyncio.wait_for(
+            loop.create_connection(
+                protocol,
+                self.host,
+                self.port,
+                local_addr=(self.source, 0),
+            ),
+            timeout,
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(proto.upgraded), timeout)
+            await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+        except BaseException:
+            proto.abort()
+            raise
+        self.stats.connected += 1
+        self.attempt = 0
+
+    def close(self) -> None:
+        self.stopped = True
+        if self.proto is not None:
+            self.proto.close()
+
+    def on_close(self, code: int | None) -> None:
+        was_ready = self.ready is not None and self.ready.done() and self.ready.exception() is None
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed with {code} before ready"))
+            self.ready.exception()  # retrieved: open() may have stopped waiting already
+        if was_ready:
+            self.stats.connected -= 1
+        self.stats.closes[code if code is not None else 1006] += 1
+        if self.stopped or not self.reconnect:
+            return
+        decision = decide(code)
+        if decision.reconnect is Reconnect.NEVER:
+            return
+        delay = reconnect_delay(decision, Backoff(), self.attempt, random.random())
+        self.attempt += 1
+        asyncio.get_running_loop().call_later(delay, self._spawn_reopen)
+
+    def _spawn_reopen(self) -> None:
+        task = asyncio.ensure_future(self._reopen())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _reopen(self) -> None:
+        if self.stopped:
+            return
+        try:
+            await self.open(timeout=30.0)
+        except (TimeoutError, OSError, ConnectionError):
+            # A socket that opened schedules the next attempt from connection_lost;
+            # one that never opened has nothing to do it.
+            if self.proto is None:
+                self.on_close(None)
+            return
+        self.stats.reconnects += 1
+
+    def check_caught_up(self) -> None:
+        expected = self.stats.expected
+        if all(self.last_n.get(room, 0) >= expected.get(room, 0) for room in self.rooms):
+            self.caught_up = True
+            self.stats.caught_up_at.append(time.time())
+
+    def request(self) -> bytes:
+        raise NotImplementedError
+
+    def on_text(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def publish(self, room: str, number: int = 0) -> None:
+        raise NotImplementedError
+
+    def _joined_one(self) -> None:
+        self.pending_joins -= 1
+        if self.pending_joins == 0 and self.ready is not None and not self.ready.done():
+            self.ready.set_result(None)
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+class JetsockClient(BenchClient):
+    """jetsock's protocol (PROTOCOL.md): token in the subprotocol, `join` with `since` on resume."""
+
+    system = "jetsock"
+    path = "/ws"
+
+    def request(self) -> bytes:
+        return handshake(self.host, self.port, self.path, f"jetsock.v1, bearer.{self.token}")
+
+    def on_text(self, payload: bytes) -> None:
+        frame = _decode_jetsock(payload)
+        kind = frame.type
+        if kind == "msg":
+            self.last_seq[frame.room] = frame.seq
+            data = frame.data
+            if data is not None:
+                self.stats.delivered(frame.room, data.t, data.n, self)
+            else:
+                self.stats.deliveries += 1
+        elif kind == "ack":
+            self.stats.acks += 1
+        elif kind == "welcome":
+            self.pending_joins = len(self.rooms)
+            assert self.proto is not None
+            for room in self.rooms:
+                join: dict[str, object] = {"type": "join", "room": room}
+                if room in self.last_seq:
+                    join["since"] = self.last_seq[room]
+                self.proto.send_text(_encode(join))
+            if not self.rooms and self.ready is not None:
+                self.ready.set_result(None)
+        elif kind == "joined":
+            self.last_seq.setdefault(frame.room, frame.seq)
+            self._joined_one()
+        elif kind == "error":
+            self.stats.errors[frame.code] += 1
+
+    def publish(self, room: str, number: int = 0) -> None:
+        if self.proto is not None:
+            data = {"t": time.time() * 1000.0, "n": number, "p": PAD}
+            self.proto.send_text(_encode({"type": "publish", "room": room, "data": data}))
+
+
+class SocketIOClient(BenchClient):
+    """Engine.IO 4 / Socket.IO 5 over a WebSocket only (no polling), as a production client would."""
+
+    system = "python-socketio"
+    path = "/socket.io/?EIO=4&transport=websocket"
+    _JOIN_ACK = b"431"
+    _PUBLISH_ACK = b"432"
+
+    def request(self) -> bytes:
+        return handshake(self.host, self.port, self.path)
+
+    def on_text(self, payload: bytes) -> None:
+        assert self.proto is not None
+        if payload.startswith(b'42["msg"'):
+            _event, message = _decode_sio_event(payload[2:])
+            self.stats.delivered(message.room, message.t, message.n, self)
+        elif payload == b"2":
+            self.proto.send_text(b"3")
+        elif payload.startswith(self._PUBLISH_ACK):
+            self.stats.acks += 1
+        elif payload.startswith(self._JOIN_ACK):
+            self._joined_one()
+        elif payload.startswith(b"40"):
+            self.pending_joins = len(self.rooms)
+            for room in self.rooms:
+                self.proto.send_text(b"421" + _encode(["join", room]))
+            if not self.rooms and self.ready is not None:
+                self.ready.set_result(None)
+        elif payload.startswith(b"0{"):
+            self.proto.send_text(b"40" + _encode({"token": self.token}))
+        elif payload.startswith(b"44"):
+            self.stats.errors["connect_error"] += 1
+            self.proto.close()
+
+    def publish(self, room: str, number: int = 0) -> None:
+        if self.proto is not None:
+            message = {"room": room, "t": time.time() * 1000.0, "n": number, "p": PAD}
+            self.proto.send_text(b"422" + _encode(["publish", message]))
+
+
+CLIENTS: dict[str, type[BenchClient]] = {cls.system: cls for cls in (JetsockClient, SocketIOClient)}

@@ -1,0 +1,107 @@
+"""What every scenario needs: a system up, load generators, merged counts, a progress line."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import hist, procstat
+from bench.loadgen import LoadGenHandle
+from bench.systems import HOST, SECRET, SYSTEMS, System
+
+SOCKETS_PER_GENERATOR = 15_000
+"""Under the 20,000 fd limit with room to spare; more processes also spread the client's CPU."""
+
+
+def progress(text: str) -> None:
+    """One line, rewritten in place on a terminal and a line per call otherwise."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+class Run:
+    """One system under test with its load generators."""
+
+    def __init__(self, system: System, generators: list[LoadGenHandle], label: str) -> None:
+        self.system = system
+        self.generators = generators
+        self.label = label
+
+    async def each(self, cmd: str, **args: Any) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(g.call(cmd, **args) for g in self.generators)))
+
+    async def stats(self) -> dict[str, Any]:
+        """The load generators' counts added up; `histogram` merged."""
+        parts = await self.each("stats")
+        total: dict[str, Any] = {
+            key: sum(p[key] for p in parts)
+            for key in ("connected", "opened", "failed", "reconnects", "deliveries", "acks", "lost", "duplicates")
+        }
+        total["behind"] = sum(p["behind"] for p in parts)
+        total["histogram"] = hist.merge(p["histogram"] for p in parts)
+        closes: dict[str, int] = {}
+        for part in parts:
+            for code, count in part["closes"].items():
+                closes[code] = closes.get(code, 0) + count
+        total["closes"] = closes
+        total["errors"] = {k: sum(p["errors"].get(k, 0) for p in parts) for p in parts for k in p["errors"]}
+        total["caught_up_at"] = sorted(t for p in parts for t in p["caught_up_at"])
+        return total
+
+    async def open(self, shape: str, count: int, reconnect: bool = False) -> int:
+        """Open `count` clients of `shape`, split over the generators; the number that opened."""
+        share = math.ceil(count / len(self.generators))
+        calls = [
+            g.call(
+                "open",
+                system=self.system.name,
+                host=HOST,
+                port=self.system.port,
+                secret=SECRET,
+                shape=shape,
+                first=i * share,
+                count=max(0, min(share, count - i * share)),
+                reconnect=reconnect,
+            )
+            for i, g in enumerate(self.generators)
+        ]
+        opening = asyncio.gather(*calls)
+        while not opening.done():
+            await asyncio.wait([opening], timeout=1.0)
+            counts = await self.stats()
+            progress(f"{self.label}: connected {counts['connected']}/{count} ({counts['failed']} failed)")
+        await opening
+        return int((await self.stats())["connected"])
+
+    def cpu(self) -> float:
+        return procstat.cpu_seconds(self.system.server_pids())
+
+    def infra_cpu(self) -> float:
+        return procstat.cpu_seconds(self.system.infra_pids())
+
+    def rss_kb(self) -> int:
+        return procstat.rss_kb(self.system.server_pids())
+
+
+@asynccontextmanager
+async def running(system_name: str, workers: int, clients: int, label: str) -> AsyncIterator[Run]:
+    """A fresh system and enough load generators for `clients` sockets; all stopped after."""
+    with tempfile.TemporaryDirectory(prefix="jetsock-bench-") as workdir:
+        system = SYSTEMS[system_name](Path(workdir), workers)
+        progress(f"{label}: starting {system_name} ({workers} processes)")
+        await system.start()
+        count = max(2, math.ceil(clients / SOCKETS_PER_GENERATOR))
+        generators = [await LoadGenHandle.start(i) for i in range(count)]
+        try:
+            yield Run(system, generators, label)
+        finally:
+            await asyncio.gather(*(g.stop() for g in generators), return_exceptions=True)
+            await system.stop()

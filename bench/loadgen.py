@@ -1,0 +1,239 @@
+"""A load-generator process and the conductor's handle on it.
+
+Each process holds at most ~19,000 sockets (the fd hard limit is 20,000), so
+the conductor starts several: `python -m bench.loadgen` reads one JSON command
+per line on stdin and answers each, tagged with its id, on stdout. Commands
+run concurrently, so `stats` answers while `open` is still connecting.
+
+Each process binds its sockets to its own 127.<p>.0.x source addresses,
+250 of them, so neither 40,000 connections nor a churn's TIME_WAIT sockets run
+out of ephemeral ports (28,000 per source address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+from bench.clients import CLIENTS, BenchClient, Stats
+from bench.shapes import rooms
+from core.auth import make_token
+
+SOURCES_PER_PROCESS = 250
+OPEN_CONCURRENCY = 200
+
+
+class LoadGenerator:
+    def __init__(self, process: int) -> None:
+        self.process = process
+        self.stats = Stats()
+        self.clients: list[BenchClient] = []
+
+    def source(self, index: int) -> str:
+        return f"127.{self.process + 1}.0.{index % SOURCES_PER_PROCESS + 1}"
+
+    def make(self, cmd: dict[str, Any], index: int, reconnect: bool) -> BenchClient:
+        token = make_token(cmd["secret"], f"bench-{index}", join=[">"], publish=[">"], ttl=7200)
+        cls = CLIENTS[cmd["system"]]
+        return cls(
+            self.stats, cmd["host"], cmd["port"], token, rooms(cmd["shape"], index), self.source(index), reconnect
+        )
+
+    async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+        async def one(index: int) -> None:
+            client = self.make(cmd, index, cmd.get("reconnect", False))
+            async with gate:
+                try:
+                    await client.open()
+                except (TimeoutError, OSError, ConnectionError):
+                    self.stats.failed += 1
+                    return
+            self.stats.opened += 1
+            self.clients.append(client)
+
+        first, count = cmd["first"], cmd["count"]
+        await asyncio.gather(*(one(i) for i in range(first, first + count)))
+        return {"opened": self.stats.opened, "failed": self.stats.failed}
+
+    async def publish_every(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Each client publishes once per `interval` seconds in its first room, at a random phase."""
+        interval, duration = float(cmd["interval"]), float(cmd["duration"])
+        ticks = max(1, int(interval / 0.05))
+        slots: list[list[BenchClient]] = [[] for _ in range(ticks)]
+        for client in self.clients:
+            slots[random.randrange(ticks)].append(client)
+        started = time.monotonic()
+        sent = 0
+        tick = 0
+        while time.monotonic() - started < duration:
+            for client in slots[tick % ticks]:
+                if client.rooms and client.proto is not None and not client.proto.closed:
+                    client.publish(client.rooms[0])
+                    sent += 1
+            tick += 1
+            await asyncio.sleep(max(0.0, started + tick * 0.05 - time.monotonic()))
+        return {"sent": sent}
+
+    async def churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """`concurrency` loops of connect, auth, join, close for `duration` seconds."""
+        duration, loops = float(cmd["duration"]), int(cmd["concurrency"])
+        deadline = time.monotonic() + duration
+        cycles = 0
+        serial = iter(range(cmd["first"], 1 << 40))
+
+        async def loop() -> None:
+            nonlocal cycles
+            while time.monotonic() < deadline:
+                client = self.make(cmd, next(serial), reconnect=False)
+                started = time.time()
+                try:
+                    await client.open(timeout=10.0)
+                except (TimeoutError, OSError, ConnectionError):
+                    self.stats.failed += 1
+                    continue
+                self.stats.sample(started * 1000.0)
+                client.close()
+                self.stats.connected -= 1
+                cycles += 1
+
+        await asyncio.gather(*(loop() for _ in range(loops)))
+        return {"cycles": cycles}
+
+    def expect(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.stats.expected = {room: int(n) for room, n in cmd["rooms"].items()}
+        self.stats.caught_up_at = []
+        for client in self.clients:
+            client.caught_up = False
+            client.check_caught_up()
+        return {}
+
+    def behind(self) -> int:
+        """Messages in `expected` that clients have not received (yet): the tail a loss leaves."""
+        expected = self.stats.expected
+        if not expected:
+            return 0
+        return sum(
+            max(0, expected.get(room, 0) - client.last_n.get(room, 0))
+            for client in self.clients
+            for room in client.rooms
+        )
+
+    def close(self) -> dict[str, Any]:
+        for client in self.clients:
+            client.close()
+        self.clients = []
+        return {}
+
+    async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        match cmd["cmd"]:
+            case "open":
+                return await self.open(cmd)
+            case "publish_every":
+                return await self.publish_every(cmd)
+            case "churn":
+                return await self.churn(cmd)
+            case "expect":
+                return self.expect(cmd)
+            case "reset":
+                self.stats.reset()
+                return {}
+            case "stats":
+                return {**self.stats.snapshot(), "behind": self.behind()}
+            case "close":
+                return self.close()
+        raise ValueError(f"unknown command {cmd['cmd']!r}")
+
+
+async def serve(process: int) -> None:
+    generator = LoadGenerator(process)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    running: set[asyncio.Task[None]] = set()
+
+    async def answer(cmd: dict[str, Any]) -> None:
+        try:
+            reply: dict[str, Any] = {"id": cmd["id"], "ok": True, **(await generator.handle(cmd))}
+        except Exception as exc:  # the conductor reports it; the process goes on
+            reply = {"id": cmd["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+    while line := await reader.readline():
+        task = asyncio.create_task(answer(json.loads(line)))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    generator.close()
+
+
+class LoadGenHandle:
+    """The conductor's side: `await handle.call("stats")` → that process's answer."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.serial = 0
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, index: int) -> LoadGenHandle:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            str(index),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 26,
+        )
+        return cls(process)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            reply = json.loads(line)
+            future = self.waiting.pop(reply.pop("id"), None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(RuntimeError("load generator exited"))
+
+    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        self.serial += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[self.serial] = future
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps({"id": self.serial, "cmd": cmd, **args}) + "\n").encode())
+        reply = await future
+        if not reply.pop("ok"):
+            raise RuntimeError(f"load generator {cmd}: {reply['error']}")
+        return reply
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self.reader.cancel()
+
+
+def main() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(serve(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""bench/REPORT.md and its plots, regenerated from bench/results/<scenario>-<system>.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyplot loads
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+PLOTS = HERE / "plots"
+REPORT = HERE / "REPORT.md"
+SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn"]
+SYSTEM_ORDER = ["jetsock", "python-socketio"]
+COLORS = {"jetsock": "#1f77b4", "python-socketio": "#d62728"}
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    lower_is_better: bool
+
+
+FIGURES = {
+    "idle": [
+        Figure("connections", "connections held (two processes)", False),
+        Figure("rss_kb_per_conn", "RSS per connection, KB", True),
+        Figure("cpu_ms_per_conn_per_min", "CPU per idle connection per minute, ms", True),
+    ],
+    "fanout": [
+        Figure("connections", "members", False),
+        Figure("deliveries_per_s", "deliveries/s at saturation", False),
+        Figure("cpu_us_per_delivery", "server CPU per delivery at saturation, µs", True),
+        Figure("p50_ms", "p50 at saturation, ms", True),
+        Figure("p99_ms", "p99 at saturation, ms", True),
+        Figure("rate_p99_over_100ms", "publish rate where p99 passes 100 ms, msg/s", False),
+    ],
+    "chat": [
+        Figure("connections", "connections", False),
+        Figure("deliveries_per_s", "deliveries/s", False),
+        Figure("cpu_us_per_delivery", "server CPU per delivery, µs", True),
+        Figure("p50_ms", "p50, ms", True),
+        Figure("p99_ms", "p99, ms", True),
+        Figure("p999_ms", "p99.9, ms", True),
+    ],
+    "storm": [
+        Figure("connections", "clients", False),
+        Figure("resumed_s", "all reconnected after the kill, s", True),
+        Figure("catchup_s", "all caught up after the kill, s", True),
+        Figure("lost", "messages lost", True),
+        Figure("duplicates", "duplicates", True),
+    ],
+    "churn": [
+        Figure("churn_per_s", "connect+auth+join+close cycles/s", False),
+        Figure("cpu_ms_per_cycle", "server CPU per cycle, ms", True),
+        Figure("p50_ms", "connect to joined p50, ms", True),
+        Figure("p99_ms", "connect to joined p99, ms", True),
+    ],
+}
+
+
+def load() -> dict[str, dict[str, dict[str, Any]]]:
+    """results[scenario][system] = the stored JSON."""
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "scenario" in data and "system" in data:
+            results.setdefault(data["scenario"], {})[data["system"]] = data
+    return results
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(figure: Figure, ours: Any, theirs: Any) -> str:
+    if not isinstance(ours, (int, float)) or not isinstance(theirs, (int, float)):
+        return ""
+    if figure.key == "connections":
+        return ""
+    if ours == theirs:
+        return "even"
+    if figure.lower_is_better:
+        if ours == 0:
+            return "jetsock: none" if theirs else "even"
+        ratio = theirs / ours
+    else:
+        if theirs == 0:
+            return "peer: none"
+        ratio = ours / theirs
+    word = "ahead" if ratio > 1 else "behind"
+    shown = ratio if ratio > 1 else 1 / ratio if ratio else float("inf")
+    return f"jetsock {shown:.1f}x {word}"
+
+
+def table(scenario: str, systems: dict[str, dict[str, Any]]) -> list[str]:
+    names = [s for s in SYSTEM_ORDER if s in systems] + sorted(set(systems) - set(SYSTEM_ORDER))
+    lines = [
+        "| figure | " + " | ".join(names) + " | ratio |",
+        "| --- | " + " | ".join("---:" for _ in names) + " | --- |",
+    ]
+    for figure in FIGURES[scenario]:
+        values = [systems[n].get(figure.key) for n in names]
+        if all(v is None for v in values):
+            continue
+        ratio = _ratio(figure, values[0], values[1]) if len(values) > 1 and names[0] == "jetsock" else ""
+        lines.append(f"| {figure.label} | " + " | ".join(_fmt(v) for v in values) + f" | {ratio} |")
+    return lines
+
+
+def _plot(
+    name: str,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    series: dict[str, tuple[list[float], list[float]]],
+    log: bool = False,
+) -> str | None:
+    if not any(xs for xs, _ys in series.values()):
+        return None
+    PLOTS.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for label, (xs, ys) in series.items():
+        system = label.split(" ")[0]
+        style = "--" if label.endswith("p50") else "-"
+        ax.plot(xs, ys, style, marker="o", markersize=3, label=label, color=COLORS.get(system))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOTS / f"{name}.png")
+    plt.close(fig)
+    return f"plots/{name}.png"
+
+
+def plots(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    made = []
+    idle = results.get("idle", {})
+    made.append(
+        _plot(
+            "rss-vs-connections",
+            "idle: RSS per connection (2 rooms each)",
+            "connections",
+            "KB per connection",
+            {
+                s: (
+                    [p["connections"] for p in r.get("points", [])],
+                    [p["rss_kb_per_conn"] for p in r.get("points", [])],
+                )
+                for s, r in idle.items()
+            },
+        )
+    )
+    fan = results.get("fanout", {})
+    made.append(
+        _plot(
+            "cpu-per-delivery-vs-rate",
+            "fanout: server CPU per delivery",
+            "deliveries/s",
+            "µs per delivery",
+            {
+                s: ([p["deliveries_per_s"] for p in r["steps"]], [p["cpu_us_per_delivery"] for p in r["steps"]])
+                for s, r in fan.items()
+            },
+        )
+    )
+    latency: dict[str, tuple[list[float], list[float]]] = {}
+    for s, r in fan.items():
+        steps = [p for p in r["steps"] if "p99_ms" in p]
+        latency[f"{s} p50"] = ([p["deliveries_per_s"] for p in steps], [p["p50_ms"] for p in steps])
+        latency[f"{s} p99"] = ([p["deliveries_per_s"] for p in steps], [p["p99_ms"] for p in steps])
+    made.append(_plot("latency-vs-load", "fanout: latency vs load", "deliveries/s", "ms", latency, log=True))
+    storm = results.get("storm", {})
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for s, r in storm.items():
+        times = sorted(r.get("caught_up_curve", []))
+        curves[s] = (times, [float(i) for i in range(1, len(times) + 1)])
+    made.append(
+        _plot(
+            "storm-caught-up",
+            "storm: clients caught up after a worker is killed",
+            "seconds after the kill",
+            "clients caught up",
+            curves,
+        )
+    )
+    return [m for m in made if m]
+
+
+def write_report() -> Path:
+    results = load()
+    lines = ["# jetsock benchmarks", ""]
+    lines += [
+        "Generated by `make bench` (`python -m bench`) from `bench/results/*.json`; do not edit by hand.",
+        "Each figure is a ratio taken in one run on one machine: server CPU (user + system, from /proc) over the",
+        "deliveries the clients counted, RSS over connections, latency from the publisher's clock in the payload to",
+        "receipt. Both systems run as two processes on one port, driven by the same lean client (`bench/wire.py`).",
+        "",
+    ]
+    machine = next((r["machine"] for systems in results.values() for r in systems.values()), None)
+    quick = any(r.get("quick") for systems in results.values() for r in systems.values())
+    if quick:
+        lines += ["**These results come from `make bench-quick` (small scale): smoke figures, not the benchmark.**", ""]
+    if machine:
+        lines += ["## Machine", "", "```json", json.dumps(machine, indent=1), "```", ""]
+    for scenario in SCENARIO_ORDER:
+        if scenario in results:
+            lines += [f"## {scenario}", "", *table(scenario, results[scenario]), ""]
+    images = plots(results)
+    if images:
+        lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
+    REPORT.write_text("\n".join(lines))
+    return REPORT

@@ -1,0 +1,277 @@
+"""The five scenarios of issue 6, each run the same way against every system.
+
+Every figure is a ratio taken in one run: CPU seconds of the serving processes
+(from /proc) over deliveries the clients counted, RSS over connections, and
+latency from the publisher's clock in the payload (`t`, unix ms) to receipt,
+on one machine. Each scenario returns the report's fixed keys (a figure it
+does not measure is left out) plus its own details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import hist
+from bench.conductor import Run, progress, running
+from bench.shapes import all_rooms
+from bench.systems import HOST, SECRET
+
+WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Scale:
+    idle_counts: list[int] = field(default_factory=lambda: [5_000, 10_000, 20_000, 40_000])
+    idle_window: float = 60.0
+    fanout_members: int = 5_000
+    fanout_rates: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 30, 40, 60, 80])
+    fanout_step: float = 8.0
+    chat_clients: int = 10_000
+    chat_interval: float = 10.0
+    chat_duration: float = 60.0
+    storm_clients: int = 10_000
+    storm_per_room: int = 50
+    storm_timeout: float = 60.0
+    churn_seconds: float = 30.0
+    churn_concurrency: int = 100
+
+
+FULL = Scale()
+QUICK = Scale(
+    idle_counts=[1_000],
+    idle_window=5.0,
+    fanout_members=300,
+    fanout_rates=[5, 20],
+    fanout_step=2.0,
+    chat_clients=300,
+    chat_interval=2.0,
+    chat_duration=4.0,
+    storm_clients=300,
+    storm_per_room=10,
+    storm_timeout=20.0,
+    churn_seconds=3.0,
+    churn_concurrency=10,
+)
+
+
+def latency(histogram: dict[int, int]) -> dict[str, float]:
+    return hist.summary(histogram)
+
+
+async def idle(system: str, scale: Scale) -> dict[str, Any]:
+    """RSS per authenticated connection in 2 rooms, and CPU per idle connection per minute (heartbeats)."""
+    points = []
+    for count in scale.idle_counts:
+        label = f"idle {system} {count}"
+        async with running(system, WORKERS, count, label) as run:
+            await asyncio.sleep(2)
+            before = run.rss_kb()
+            connected = await run.open("idle", count)
+            await asyncio.sleep(3)
+            after = run.rss_kb()
+            progress(f"{label}: {connected} connected, idle for {scale.idle_window:.0f} s")
+            cpu_before = run.cpu()
+            await asyncio.sleep(scale.idle_window)
+            cpu = run.cpu() - cpu_before
+            stats = await run.stats()
+            points.append(
+                {
+                    "connections": connected,
+                    "attempted": count,
+                    "rss_kb_per_conn": round((after - before) / max(connected, 1), 2),
+                    "rss_mb": round(after / 1024, 1),
+                    "cpu_ms_per_conn_per_min": round(cpu * 1000 / max(connected, 1) * 60 / scale.idle_window, 4),
+                    "dropped_while_idle": connected - stats["connected"],
+                }
+            )
+    top = points[-1]
+    return {**{k: top[k] for k in ("connections", "rss_kb_per_conn", "cpu_ms_per_conn_per_min")}, "points": points}
+
+
+async def _publish_at(run: Run, room: str, rate: float, seconds: float) -> int:
+    """Publish numbered messages to `room` at `rate` per second for `seconds`; the count sent."""
+    started = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(rate * elapsed) + 1 - sent
+        if due > 0:
+            await asyncio.gather(
+                *(run.system.publish(room, {"t": time.time() * 1000.0, "n": 0, "p": "x" * 70}) for _ in range(due))
+            )
+            sent += due
+        await asyncio.sleep(0.005)
+    return sent
+
+
+async def fanout(system: str, scale: Scale) -> dict[str, Any]:
+    """One room of N members, 100-byte messages at rising rates, until p99 passes 100 ms."""
+    members = scale.fanout_members
+    label = f"fanout {system}"
+    async with running(system, WORKERS, members, label) as run:
+        connected = await run.open("fanout", members)
+        await _publish_at(run, "fanout.all", 5, 1.0)
+        await asyncio.sleep(1)
+        steps = []
+        for rate in scale.fanout_rates:
+            await run.each("reset")
+            progress(f"{label}: {rate} msg/s to {connected} members")
+            cpu_before, infra_before, started = run.cpu(), run.infra_cpu(), time.monotonic()
+            sent = await _publish_at(run, "fanout.all", rate, scale.fanout_step)
+            # Let the backlog drain, up to a second per step second: deliveries late are still counted.
+            members_now = (await run.stats())["connected"]
+            for _ in range(int(scale.fanout_step * 10)):
+                stats = await run.stats()
+                if stats["deliveries"] >= sent * members_now:
+                    break
+                await asyncio.sleep(0.1)
+            seconds = time.monotonic() - started
+            cpu, infra = run.cpu() - cpu_before, run.infra_cpu() - infra_before
+            stats = await run.stats()
+            delivered = stats["deliveries"]
+            steps.append(
+                {
+                    "rate": rate,
+                    "members": members_now,
+                    "deliveries_per_s": round(delivered / seconds),
+                    "cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 2),
+                    "infra_cpu_us_per_delivery": round(infra / max(delivered, 1) * 1e6, 2),
+                    "cpu_busy": round(cpu / seconds, 2),
+                    "delivered_fraction": round(delivered / max(sent * members_now, 1), 3),
+                    **latency(stats["histogram"]),
+                    "closes": stats["closes"],
+                }
+            )
+            if steps[-1].get("p99_ms", 0) > 100:
+                break
+    best = max(steps, key=lambda s: s["deliveries_per_s"])
+    over = next((s["rate"] for s in steps if s.get("p99_ms", 0) > 100), None)
+    result: dict[str, Any] = {
+        "connections": connected,
+        "deliveries_per_s": best["deliveries_per_s"],
+        "cpu_us_per_delivery": best["cpu_us_per_delivery"],
+        **{k: best[k] for k in ("p50_ms", "p99_ms", "p999_ms") if k in best},
+        "saturation_rate": best["rate"],
+        "rate_p99_over_100ms": over,
+        "steps": steps,
+    }
+    return result
+
+
+async def chat(system: str, scale: Scale) -> dict[str, Any]:
+    """Rooms of 10, every client publishing once per interval: latency from publisher to every member."""
+    label = f"chat {system}"
+    async with running(system, WORKERS, scale.chat_clients, label) as run:
+        connected = await run.open("chat", scale.chat_clients)
+        await run.each("reset")
+        progress(f"{label}: {connected} clients publishing every {scale.chat_interval:.0f} s")
+        cpu_before, started = run.cpu(), time.monotonic()
+        sent = sum(
+            r["sent"]
+            for r in await run.each("publish_every", interval=scale.chat_interval, duration=scale.chat_duration)
+        )
+        await asyncio.sleep(1)
+        seconds, cpu = time.monotonic() - started, run.cpu() - cpu_before
+        stats = await run.stats()
+    return {
+        "connections": connected,
+        "deliveries_per_s": round(stats["deliveries"] / seconds),
+        "cpu_us_per_delivery": round(cpu / max(stats["deliveries"], 1) * 1e6, 2),
+        **latency(stats["histogram"]),
+        "published": sent,
+        "acked": stats["acks"],
+        "deliveries": stats["deliveries"],
+        "errors": stats["errors"],
+        "closes": stats["closes"],
+    }
+
+
+async def storm(system: str, scale: Scale) -> dict[str, Any]:
+    """Kill one of two workers under N clients; publish while they are away; time to caught up, and losses."""
+    clients = scale.storm_clients
+    rooms = all_rooms("storm", clients)
+    label = f"storm {system}"
+    async with running(system, WORKERS, clients, label) as run:
+        connected = await run.open("storm", clients, reconnect=True)
+        # One live message per room first: everyone is in and receiving before the kill.
+        await run.each("expect", rooms={room: 1 for room in rooms})
+        await asyncio.gather(*(run.system.publish(room, {"t": time.time() * 1000.0, "n": 1}) for room in rooms))
+        for _ in range(300):
+            if len((await run.stats())["caught_up_at"]) >= connected:
+                break
+            await asyncio.sleep(0.1)
+        final = 1 + scale.storm_per_room
+        await run.each("expect", rooms={room: final for room in rooms})
+        killed_at = time.time()
+        await run.system.kill_worker()
+        await asyncio.sleep(0.05)
+
+        async def burst(room: str) -> None:
+            for n in range(2, final + 1):
+                await run.system.publish(room, {"t": time.time() * 1000.0, "n": n})
+
+        publishing = asyncio.gather(*(burst(room) for room in rooms))
+        resumed_s = None
+        while time.time() - killed_at < scale.storm_timeout:
+            stats = await run.stats()
+            if resumed_s is None and stats["connected"] >= connected:
+                resumed_s = round(time.time() - killed_at, 2)
+            caught = len(stats["caught_up_at"])
+            progress(f"{label}: {time.time() - killed_at:5.1f} s after the kill: {caught}/{connected} caught up")
+            if caught >= connected and publishing.done():
+                break
+            await asyncio.sleep(0.2)
+        await publishing
+        await asyncio.sleep(1)
+        stats = await run.stats()
+    caught_up = [round(t - killed_at, 3) for t in stats["caught_up_at"]]
+    result: dict[str, Any] = {
+        "connections": connected,
+        "lost": stats["lost"] + stats["behind"],
+        "duplicates": stats["duplicates"],
+        "published": len(rooms) * scale.storm_per_room,
+        "resumed_s": resumed_s,
+        "caught_up_clients": len(caught_up),
+        "reconnects": stats["reconnects"],
+        "closes": stats["closes"],
+        "caught_up_curve": caught_up,
+    }
+    if len(caught_up) >= connected:
+        result["catchup_s"] = max(caught_up)
+    return result
+
+
+async def churn(system: str, scale: Scale) -> dict[str, Any]:
+    """Loops of connect, authenticate, join, close: cycles per second and connect-to-joined latency."""
+    label = f"churn {system}"
+    async with running(system, WORKERS, 0, label) as run:
+        progress(f"{label}: {scale.churn_concurrency} loops per generator for {scale.churn_seconds:.0f} s")
+        cpu_before, started = run.cpu(), time.monotonic()
+        cycles = sum(
+            r["cycles"]
+            for r in await run.each(
+                "churn",
+                system=system,
+                host=HOST,
+                port=run.system.port,
+                secret=SECRET,
+                shape="churn",
+                first=0,
+                duration=scale.churn_seconds,
+                concurrency=scale.churn_concurrency,
+            )
+        )
+        seconds, cpu = time.monotonic() - started, run.cpu() - cpu_before
+        stats = await run.stats()
+    return {
+        "connections": scale.churn_concurrency * len(run.generators),
+        "churn_per_s": round(cycles / seconds, 1),
+        "cpu_ms_per_cycle": round(cpu * 1000 / max(cycles, 1), 3),
+        **latency(stats["histogram"]),
+        "failed": stats["failed"],
+    }
+
+
+SCENARIOS = {"idle": idle, "fanout": fanout, "chat": chat, "storm": storm, "churn": churn}

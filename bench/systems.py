@@ -1,0 +1,208 @@
+"""The systems under test, started the way their users run them, with a backend that publishes.
+
+jetsock: `jetsock serve --workers N` (its own supervisor) on an embedded
+nats-server; backends publish straight into JetStream with nats-py.
+python-socketio: N `bench.peer_socketio` processes on one port (SO_REUSEPORT)
+and a local redis-server; backends publish with a write-only AsyncRedisManager.
+Both restart a killed worker after the same pause (jetsock's supervisor does;
+for the peer, this module does what its process manager would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import socketio
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from bench import procstat
+from core.embedded import EmbeddedNats, die_with_parent, free_port
+from edge.workers import RESTART_PAUSE
+
+SECRET = "bench-secret-that-is-long-enough-for-hs256"
+HOST = "127.0.0.1"
+
+
+class System(ABC):
+    name = ""
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        self.workdir = workdir
+        self.workers = workers
+        self.port = free_port()
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    def server_pids(self) -> list[int]:
+        """The processes that serve WebSockets: their CPU and RSS are the system's."""
+
+    @abstractmethod
+    def infra_pids(self) -> list[int]:
+        """The broker behind them (nats-server, redis-server), reported apart."""
+
+    @abstractmethod
+    async def publish(self, room: str, data: dict[str, Any]) -> None:
+        """What a backend does to send `data` to everyone in `room`."""
+
+    @abstractmethod
+    async def kill_worker(self) -> None:
+        """SIGKILL one serving process; it comes back after the same pause for every system."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    async def wait_listening(self, path: str | None, timeout: float = 30.0) -> None:
+        """Until `path` answers over HTTP (or, for None, until the port accepts)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    if path is None:
+                        _reader, writer = await asyncio.open_connection(HOST, self.port)
+                        writer.close()
+                        return
+                    async with http.get(f"http://{HOST}:{self.port}{path}") as response:
+                        if response.status == 200:
+                            return
+                except (aiohttp.ClientError, OSError):
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"{self.name} did not answer on port {self.port} within {timeout} s")
+                await asyncio.sleep(0.1)
+
+
+class Jetsock(System):
+    name = "jetsock"
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        super().__init__(workdir, workers)
+        self.nats = EmbeddedNats(workdir / "nats")
+        self.supervisor: subprocess.Popen[bytes] | None = None
+        self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+
+    async def start(self) -> None:
+        self.nats.start()
+        env = {
+            **os.environ,
+            "JETSOCK_NATS_URL": self.nats.url,
+            "JETSOCK_JWT_SECRET": SECRET,
+            "JETSOCK_PORT": str(self.port),
+            "JETSOCK_WORKERS": str(self.workers),
+            "JETSOCK_LOG_LEVEL": "warning",
+            "JETSOCK_DRAIN_SECONDS": "1",
+            # The fd hard limit (20,000) less what a worker needs besides client sockets.
+            "JETSOCK_MAX_CONNECTIONS": "19900",
+        }
+        jetsock = Path(sys.executable).parent / "jetsock"
+        self.supervisor = subprocess.Popen([str(jetsock), "serve"], env=env, preexec_fn=die_with_parent)
+        await self.wait_listening("/readyz")
+        while len(self.server_pids()) < self.workers:
+            await asyncio.sleep(0.1)
+        self.nc = await nats.connect(self.nats.url)
+        self.js = self.nc.jetstream()
+
+    def server_pids(self) -> list[int]:
+        assert self.supervisor is not None
+        return procstat.children(self.supervisor.pid)
+
+    def infra_pids(self) -> list[int]:
+        assert self.nats.process is not None
+        return [self.nats.process.pid]
+
+    async def publish(self, room: str, data: dict[str, Any]) -> None:
+        assert self.js is not None
+        await self.js.publish(f"rooms.{room}", json.dumps(data).encode())
+
+    async def kill_worker(self) -> None:
+        os.kill(self.server_pids()[0], signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+        if self.supervisor is not None:
+            self.supervisor.terminate()
+            await asyncio.to_thread(self.supervisor.wait)
+        self.nats.stop()
+
+
+class PythonSocketIO(System):
+    name = "python-socketio"
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        super().__init__(workdir, workers)
+        self.redis_port = free_port()
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.emitter: socketio.AsyncRedisManager | None = None
+        self.watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}"
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "bench.peer_socketio", "--port", str(self.port)]
+        args += ["--redis", self.redis_url, "--secret", SECRET]
+        return subprocess.Popen(args, preexec_fn=die_with_parent)
+
+    async def start(self) -> None:
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise RuntimeError("the python-socketio peer needs redis-server: apt-get install redis-server")
+        self.redis = subprocess.Popen(
+            [redis_server, "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        self.processes = [self._start_worker() for _ in range(self.workers)]
+        await self.wait_listening(None)
+        self.emitter = socketio.AsyncRedisManager(self.redis_url, write_only=True)
+        self.watchdog = asyncio.create_task(self._restart_dead())
+
+    async def _restart_dead(self) -> None:
+        while True:
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None:
+                    await asyncio.sleep(RESTART_PAUSE)
+                    self.processes[index] = self._start_worker()
+            await asyncio.sleep(0.2)
+
+    def server_pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.poll() is None]
+
+    def infra_pids(self) -> list[int]:
+        assert self.redis is not None
+        return [self.redis.pid]
+
+    async def publish(self, room: str, data: dict[str, Any]) -> None:
+        assert self.emitter is not None
+        await self.emitter.emit("msg", {"room": room, **data}, room=room, namespace="/")
+
+    async def kill_worker(self) -> None:
+        os.kill(self.server_pids()[0], signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        for process in [*self.processes, *([self.redis] if self.redis else [])]:
+            process.terminate()
+        for process in [*self.processes, *([self.redis] if self.redis else [])]:
+            await asyncio.to_thread(process.wait)
+
+
+SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (Jetsock, PythonSocketIO)}
