@@ -27,13 +27,15 @@ test: $(STAMP) system-deps
 
 # Debian packages the tests use: Chromium for the browser tests (Playwright's
 # own download does not work offline), node for the JS client's unit tests,
-# HAProxy for the cluster tests and `make cluster`. Installed when run as root.
+# HAProxy for the cluster tests and `make cluster`, redis-server for the
+# benchmark's peer (its smoke test). Installed when run as root.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v node >/dev/null || ! command -v haproxy >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v node >/dev/null || ! command -v haproxy >/dev/null \
+	    || ! command -v redis-server >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs haproxy >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs haproxy redis-server >/dev/null; \
 	  else \
-	    echo "the tests need chromium, node and haproxy: apt-get install chromium nodejs haproxy" >&2; exit 1; \
+	    echo "the tests need chromium, node, haproxy and redis-server: apt-get install chromium nodejs haproxy redis-server" >&2; exit 1; \
 	  fi; \
 	fi
 

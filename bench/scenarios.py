@@ -51,7 +51,7 @@ QUICK = Scale(
     chat_duration=4.0,
     storm_clients=300,
     storm_per_room=10,
-    storm_timeout=20.0,
+    storm_timeout=8.0,
     churn_seconds=3.0,
     churn_concurrency=10,
 )
