@@ -209,6 +209,70 @@ def plots(results: dict[str, dict[str, dict[str, Any]]], directory: Path) -> lis
     return [m for m in made if m]
 
 
+def _get(results: dict[str, dict[str, dict[str, Any]]], scenario: str, key: str) -> Any:
+    return results.get(scenario, {}).get("jetsock", {}).get(key)
+
+
+def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Issue 6's targets for jetsock on this box, each with what this run measured."""
+    idle_points = results.get("idle", {}).get("jetsock", {}).get("points", [])
+    rss = max((p["rss_kb_per_conn"] for p in idle_points), default=None)
+    held = max((p["connections"] for p in idle_points), default=None)
+    rows = [
+        (
+            "RSS per idle authenticated connection in 2 rooms (worst size)",
+            "≤ 16 KB",
+            rss,
+            rss is not None and rss <= 16,
+        ),
+        (
+            "edge CPU per delivery at fan-out saturation",
+            "≤ 3 µs",
+            _get(results, "fanout", "cpu_us_per_delivery"),
+            (_get(results, "fanout", "cpu_us_per_delivery") or 99) <= 3,
+        ),
+        ("chat p99", "≤ 25 ms", _get(results, "chat", "p99_ms"), (_get(results, "chat", "p99_ms") or 1e9) <= 25),
+        (
+            "storm: all resumed and caught up after the kill",
+            "≤ 15 s",
+            _get(results, "storm", "catchup_s"),
+            (_get(results, "storm", "catchup_s") or 1e9) <= 15,
+        ),
+        ("storm: messages lost", "0", _get(results, "storm", "lost"), _get(results, "storm", "lost") == 0),
+        ("concurrent connections, two workers", "≥ 38,000", held, (held or 0) >= 38_000),
+    ]
+    lines = ["## Targets (jetsock)", "", "| target | goal | measured | met |", "| --- | --- | ---: | --- |"]
+    for name, goal, value, met in rows:
+        verdict = "not measured" if value is None else "yes" if met else "**no**"
+        lines.append(f"| {name} | {goal} | {_fmt(value)} | {verdict} |")
+    return [*lines, ""]
+
+
+def profiles(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """py-spy's view of one serving process at the fan-out saturation rate, per system."""
+    lines: list[str] = []
+    for system, result in results.get("fanout", {}).items():
+        profile = result.get("profile")
+        if not profile or not profile.get("samples"):
+            continue
+        if not lines:
+            lines += ["## Where the time goes: fan-out at saturation (py-spy, one process)", ""]
+        lines += [
+            f"**{system}** ({profile['samples']} samples), self time:",
+            "",
+            "| function | share |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| `{name}` | {share:.1%} |" for name, share in profile["self"][:12]]
+        lines.append("")
+    if (HERE / "OPTIMISATIONS.md").exists():
+        lines += [
+            "What changed in the edge to get here, with before/after figures: [OPTIMISATIONS.md](OPTIMISATIONS.md).",
+            "",
+        ]
+    return lines
+
+
 def write_report(directory: Path = RESULTS) -> Path:
     """REPORT.md and plots/ beside `directory` (bench/ for the committed results)."""
     results = load(directory)
@@ -230,6 +294,8 @@ def write_report(directory: Path = RESULTS) -> Path:
     for scenario in SCENARIO_ORDER:
         if scenario in results:
             lines += [f"## {scenario}", "", *table(scenario, results[scenario]), ""]
+    lines += targets(results)
+    lines += profiles(results)
     images = plots(results, base / "plots")
     if images:
         lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]

@@ -10,11 +10,13 @@ does not measure is left out) plus its own details.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bench import hist
+from bench import hist, profile
 from bench.conductor import Run, progress, running
 from bench.shapes import all_rooms
 from bench.systems import HOST, SECRET
@@ -106,6 +108,15 @@ async def _publish_at(run: Run, room: str, rate: float, seconds: float) -> int:
     return sent
 
 
+async def _profile_at(run: Run, rate: float, seconds: float) -> dict[str, Any] | None:
+    """py-spy on one serving process during one more step at `rate`, apart from the measured steps."""
+    progress(f"{run.label}: profiling one process at {rate} msg/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        recording = asyncio.create_task(profile.record(run.system.server_pids()[0], seconds, Path(tmp) / "raw.txt"))
+        await _publish_at(run, "fanout.all", rate, seconds)
+        return await recording
+
+
 async def fanout(system: str, scale: Scale) -> dict[str, Any]:
     """One room of N members, 100-byte messages at rising rates, until p99 passes 100 ms."""
     members = scale.fanout_members
@@ -146,7 +157,8 @@ async def fanout(system: str, scale: Scale) -> dict[str, Any]:
             )
             if steps[-1].get("p99_ms", 0) > 100:
                 break
-    best = max(steps, key=lambda s: s["deliveries_per_s"])
+        best = max(steps, key=lambda s: s["deliveries_per_s"])
+        profile = await _profile_at(run, best["rate"], scale.fanout_step)
     over = next((s["rate"] for s in steps if s.get("p99_ms", 0) > 100), None)
     result: dict[str, Any] = {
         "connections": connected,
@@ -156,6 +168,7 @@ async def fanout(system: str, scale: Scale) -> dict[str, Any]:
         "saturation_rate": best["rate"],
         "rate_p99_over_100ms": over,
         "steps": steps,
+        "profile": profile,
     }
     return result
 
