@@ -26,6 +26,9 @@ from core.auth import make_token
 
 SOURCES_PER_PROCESS = 250
 OPEN_CONCURRENCY = 200
+PUBLISH_TICK = 0.005
+"""Seconds between publishing ticks: fine enough that clients publish spread out, as real
+ones do, rather than in bursts that would queue behind each other."""
 
 
 class LoadGenerator:
@@ -65,7 +68,7 @@ class LoadGenerator:
     async def publish_every(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Each client publishes once per `interval` seconds in its first room, at a random phase."""
         interval, duration = float(cmd["interval"]), float(cmd["duration"])
-        ticks = max(1, int(interval / 0.05))
+        ticks = max(1, int(interval / PUBLISH_TICK))
         slots: list[list[BenchClient]] = [[] for _ in range(ticks)]
         for client in self.clients:
             slots[random.randrange(ticks)].append(client)
@@ -78,7 +81,7 @@ class LoadGenerator:
                     client.publish(client.rooms[0])
                     sent += 1
             tick += 1
-            await asyncio.sleep(max(0.0, started + tick * 0.05 - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + tick * PUBLISH_TICK - time.monotonic()))
         return {"sent": sent}
 
     async def churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
