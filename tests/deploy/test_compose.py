@@ -364,17 +364,18 @@ def test_haproxy_service_uses_the_shared_config_in_compose_mode() -> None:
 def test_observability_profile() -> None:
     services: dict[str, dict[str, Any]] = compose()["services"]
     observability = {name for name, svc in services.items() if "observability" in svc.get("profiles", [])}
-    assert observability == {"otel-collector", "prometheus"}
+    assert observability == {"otel-collector", "prometheus", "grafana"}
     for name, svc in services.items():
         if name not in observability:
             assert not svc.get("profiles"), f"{name} runs in the default `docker compose up`"
     assert "opentelemetry-collector" in services["otel-collector"]["image"]
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")  # tests/deploy/test_dashboard.py checks the rest
     for name in observability:
         for volume in services[name]["volumes"]:
             source = str(volume).split(":")[0]
             if source.startswith("./"):
-                assert (REPO / source).is_file(), f"{name} mounts {source}, which does not exist"
+                assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
 def test_prometheus_scrapes_every_edge_through_docker_dns() -> None:

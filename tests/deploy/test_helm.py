@@ -4,6 +4,7 @@ strictly (kubernetes-validate), and the chart maps onto core/settings.py name fo
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from core.settings import env_name, field_docs, load_settings
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "jetsock"
 DEPLOY_NATS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats-server.conf"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "jetsock.json"
 RELEASE, NAMESPACE = "demo", "chat"
 # The chart's minimum (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
 KUBE_VERSIONS = ("1.27", "1.37")
@@ -57,6 +59,7 @@ EVERYTHING = {
         "tls": [{"secretName": "chat-tls", "hosts": ["chat.example.com"]}],
     },
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "jetsock"}},
     "auth": {"existingSecret": "my-jwt-keys", "jwksUrl": "https://auth.example.com/.well-known/jwks.json"},
     "nats": {"auth": {"existingSecret": "my-nats-passwords"}},
     "config": {
@@ -376,6 +379,38 @@ def test_existing_secrets_ingress_and_service_monitor(render: Callable[..., Rend
     assert endpoint["path"] == "/metrics" and endpoint["port"] == "http"
     service = rendered.one("Service", f"{RELEASE}-jetsock")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
+def test_grafana_dashboard_configmap(render: Callable[..., Rendered]) -> None:
+    name = f"{RELEASE}-jetsock-dashboard"
+    assert not [o for o in render().kinds("ConfigMap") if o["metadata"]["name"] == name], "off by default"
+
+    rendered = render(EVERYTHING)
+    configmap = rendered.one("ConfigMap", name)
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(configmap, version, strict=True)
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's default label
+    assert configmap["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "jetsock"}
+    assert list(configmap["data"]) == ["jetsock.json"]
+    assert configmap["data"]["jetsock.json"] == DASHBOARD.read_text(), "the chart ships deploy/'s dashboard as is"
+    assert json.loads(configmap["data"]["jetsock.json"])["uid"] == "jetsock"
+    assert f"ConfigMap {name}" in rendered.notes
+
+    relabelled = render({"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dash": "yes"}}})
+    labels = relabelled.one("ConfigMap", name)["metadata"]["labels"]
+    assert labels["dash"] == "yes" and "grafana_dashboard" not in labels
+    assert "annotations" not in relabelled.one("ConfigMap", name)["metadata"]
+
+
+def test_schema_refuses_unknown_grafana_dashboard_values(chart: Any) -> None:
+    for values in (
+        {"grafanaDashboard": {"enabled": "yes"}},
+        {"grafanaDashboard": {"enabled": True, "folder": "jetsock"}},
+        {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+    ):
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_notes_say_how_to_connect(render: Callable[..., Rendered]) -> None:
