@@ -16,6 +16,8 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn"]
 SYSTEM_ORDER = ["jetsock", "python-socketio"]
+EVEN_BAND = 1.05
+"""Ratios within 5% either way are reported as even: closer than a shared machine can tell apart."""
 COLORS = {"jetsock": "#1f77b4", "python-socketio": "#d62728"}
 
 
@@ -102,6 +104,8 @@ def _ratio(figure: Figure, ours: Any, theirs: Any) -> str:
         if theirs == 0:
             return "peer: none"
         ratio = ours / theirs
+    if 1 / EVEN_BAND < ratio < EVEN_BAND:
+        return "even"
     word = "ahead" if ratio > 1 else "behind"
     shown = ratio if ratio > 1 else 1 / ratio if ratio else float("inf")
     return f"jetsock {shown:.1f}x {word}"
