@@ -7,6 +7,7 @@ source (core.keys); `none` is never accepted. `exp` and `sub` are required,
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Any
@@ -125,12 +126,21 @@ def expand_patterns(texts: list[str], sub: str) -> list[str]:
     return [text.replace(SUB_PLACEHOLDER, sub) for text in texts if plain or SUB_PLACEHOLDER not in text]
 
 
+@functools.lru_cache(maxsize=1024)
+def _shared_rights(texts: tuple[str, ...]) -> RoomRights:
+    """Rights parsed once per distinct pattern list and shared (they are immutable):
+    thousands of connections holding tokens with the same rooms then hold one
+    RoomRights, not ~650 bytes of patterns each. Invalid patterns raise and are
+    not cached."""
+    return RoomRights.parse(texts)
+
+
 def _patterns(rooms: dict[str, Any], right: str, sub: str) -> RoomRights:
     texts = rooms.get(right, [])
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise AuthError(f"claim rooms.{right} must be a list of room patterns")
     try:
-        return RoomRights.parse(expand_patterns(texts, sub))
+        return _shared_rights(tuple(expand_patterns(texts, sub)))
     except InvalidRoom as exc:
         raise AuthError(f"claim rooms.{right}: {exc}") from None
 

@@ -9,6 +9,7 @@ whitespace and no `$`, so a valid room name maps onto exactly one subject,
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 MAX_ROOM_LENGTH = 128
 MAX_SEGMENTS = 16
@@ -76,7 +77,7 @@ class RoomPattern:
             if segment == ">" and i != len(segments) - 1:
                 raise InvalidRoom(f"'>' must be the last segment of {text!r}")
         self.text = text
-        self._segments = segments
+        self._segments = tuple(segments)
 
     def matches(self, room: str) -> bool:
         parts = room.split(".")
@@ -94,15 +95,19 @@ class RoomPattern:
 
 
 class RoomRights:
-    """A set of patterns; a room is allowed when any of them matches."""
+    """A set of patterns; a room is allowed when any of them matches.
+
+    Immutable (patterns are tuples), so one instance may be shared by every
+    connection whose token grants the same patterns.
+    """
 
     __slots__ = ("patterns",)
 
-    def __init__(self, patterns: list[RoomPattern]) -> None:
-        self.patterns = patterns
+    def __init__(self, patterns: Sequence[RoomPattern]) -> None:
+        self.patterns = tuple(patterns)
 
     @classmethod
-    def parse(cls, texts: list[str]) -> RoomRights:
+    def parse(cls, texts: Sequence[str]) -> RoomRights:
         return cls([RoomPattern(text) for text in texts])
 
     def allows(self, room: str) -> bool:

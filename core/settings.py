@@ -76,6 +76,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_pending_bytes: Annotated[int, _doc("Bytes a connection may leave unread before it is closed with 4008.")] = (
         1048576
     )
+    max_write_delay: Annotated[
+        float,
+        _doc(
+            "Seconds a busy node may hold frames so that more share one write: after a flush that took t"
+            " (t >= 1 ms, hundreds of sockets), the next waits min(t, this). 0 writes every loop pass at once."
+        ),
+    ] = 0.05
     max_frame_bytes: Annotated[int, _doc("Largest frame accepted; larger closes with 1009.")] = 65536
     max_rooms_per_connection: Annotated[int, _doc("Rooms one connection may join.")] = 100
     max_connections: Annotated[int, _doc("Connections per node; past it upgrades are refused with 1013.")] = 18000

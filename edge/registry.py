@@ -19,6 +19,7 @@ import msgspec
 
 from core.broker import Broker, Replay
 from core.stored import StoredMessage
+from edge.outbox import Batch, Flusher
 from edge.wsframe import text_frame
 from schemas import Joined, Msg, Reset
 
@@ -48,12 +49,17 @@ def encode_msg(message: StoredMessage) -> bytes:
 
 
 class Member:
-    """One connection's membership of one room."""
+    """A connection joining a room: its seam state, until `go_live`.
 
-    __slots__ = ("conn", "held", "seq")
+    Live members are kept as bare connections (see `Room`), so an idle node
+    holds no object per membership and fan-out does no per-member bookkeeping.
+    """
 
-    def __init__(self, conn: Connection) -> None:
+    __slots__ = ("conn", "held", "room", "seq")
+
+    def __init__(self, conn: Connection, room: str) -> None:
         self.conn = conn
+        self.room = room
         self.seq = 0
         """The last seq sent to this member for this room."""
         self.held: list[tuple[int, bytes]] | None = []
@@ -61,11 +67,32 @@ class Member:
 
 
 class Room:
-    __slots__ = ("members", "name")
+    """A room's local members, in three groups.
+
+    `live` members get every frame fan-out delivers. `joining` members are in
+    the join seam: their live frames are held. `ahead` members are live but
+    have already received (through another node) messages up to a seq this
+    node's feed has not reached; frames up to it are skipped for them. That
+    last case is rare and short, so the common path tests nothing per member.
+    """
+
+    __slots__ = ("ahead", "batch", "joining", "live", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.members: dict[Connection, Member] = {}
+        self.batch: Batch | None = None
+        """The live members' shared frames of this pass (see edge.outbox)."""
+        # A dict used as an ordered set: O(1) removal, and smaller than a set.
+        self.live: dict[Connection, None] = {}
+        self.joining: dict[Connection, Member] = {}
+        self.ahead: dict[Connection, int] = {}
+
+    @property
+    def members(self) -> list[Connection]:
+        return [*self.live, *self.joining]
+
+    def __contains__(self, conn: Connection) -> bool:
+        return conn in self.live or conn in self.joining
 
 
 class JoinResult:
@@ -80,8 +107,9 @@ class JoinResult:
 class Registry:
     """Rooms with local members; the core feed's listener."""
 
-    def __init__(self) -> None:
+    def __init__(self, flusher: Flusher) -> None:
         self.rooms: dict[str, Room] = {}
+        self._flusher = flusher
         self.broker: Broker | None = None
         self.deliveries = 0
         """Frames pushed to members by fan-out (for metrics and benchmarks)."""
@@ -93,28 +121,46 @@ class Registry:
         if hub is None:
             return
         # A snapshot: a member may leave while we walk them (a close from a timer, a test hook).
-        members = tuple(hub.members.values())
+        live = tuple(hub.live)
         for message in messages:
             frame = encode_msg(message)
             seq = message.seq
-            for member in members:
-                if member.held is not None:
-                    member.held.append((seq, frame))
-                elif seq > member.seq:
-                    member.seq = seq
-                    member.conn.outbox.push(frame)
-            self.deliveries += len(members)
+            if hub.ahead:
+                self._deliver_past_ahead(hub, live, seq, frame)
+            else:
+                hub.batch = self._flusher.fanout(live, frame, hub.batch)
+            if hub.joining:
+                for member in tuple(hub.joining.values()):
+                    if member.held is not None:
+                        member.held.append((seq, frame))
+            self.deliveries += len(live) + len(hub.joining)
+
+    @staticmethod
+    def _deliver_past_ahead(hub: Room, live: tuple[Connection, ...], seq: int, frame: bytes) -> None:
+        """Fan-out while some members are ahead of the feed: skip what they already have."""
+        ahead = hub.ahead
+        for conn in live:
+            floor = ahead.get(conn)
+            if floor is None:
+                conn.push(frame)
+            elif seq > floor:
+                del ahead[conn]
+                conn.push(frame)
 
     def reset(self, room: str, epoch: str, seq: int) -> None:
         hub = self.rooms.get(room)
         if hub is None:
             return
         frame = text_frame(_encode(Reset(room=room, epoch=epoch, seq=seq)))
-        for member in tuple(hub.members.values()):
+        # Everyone goes on from `seq`: nobody is ahead of it any more.
+        hub.ahead.clear()
+        for conn in tuple(hub.live):
+            conn.push(frame)
+        for member in tuple(hub.joining.values()):
             member.seq = seq
             if member.held is not None:
                 member.held.clear()
-            member.conn.outbox.push(frame)
+            member.conn.push(frame)
 
     # --- the connections' side ---------------------------------------------
 
@@ -129,8 +175,8 @@ class Registry:
         hub = self.rooms.get(room)
         if hub is None:
             hub = self.rooms[room] = Room(room)
-        member = Member(conn)
-        hub.members[conn] = member
+        member = Member(conn, hub.name)
+        hub.joining[conn] = member
         try:
             await broker.watch(room)
             # Read after watch returns: anything newer than this reaches `held`.
@@ -143,10 +189,10 @@ class Registry:
                     replay = outcome
                     member.seq = max(head, since)
         except BaseException:
-            if hub.members.get(conn) is member:
+            if hub.joining.get(conn) is member:
                 self._remove(hub, conn)
             raise
-        if hub.members.get(conn) is not member or self.rooms.get(room) is not hub:
+        if hub.joining.get(conn) is not member or self.rooms.get(room) is not hub:
             return None
         recovered = replay is not None
         return JoinResult(Joined(room=room, epoch=broker.epoch, seq=head, recovered=recovered), member, replay)
@@ -162,27 +208,42 @@ class Registry:
             member.seq = fresh[-1][0]
         return fresh
 
-    @staticmethod
-    def go_live(member: Member) -> None:
+    def go_live(self, member: Member) -> None:
         """Switch a joined member to live delivery; nothing may be held any more."""
         assert not member.held, "take_held until empty before go_live"
         member.held = None
+        hub = self.rooms.get(member.room)
+        conn = member.conn
+        if hub is None or hub.joining.get(conn) is not member:
+            return
+        del hub.joining[conn]
+        hub.live[conn] = None
+        # Everything up to the feed's cursor reached this member (replayed, held
+        # or skipped as already seen). A member that is further on (it resumed
+        # with a `since` got from a node whose feed is ahead of ours) must not
+        # get the messages in between twice.
+        if member.seq > self._broker().feeds.cursor(member.room):
+            hub.ahead[conn] = member.seq
 
     def is_current(self, member: Member, room: str) -> bool:
         """Whether `member` still is its connection's membership of `room` (not left, not rejoined)."""
         hub = self.rooms.get(room)
-        return hub is not None and hub.members.get(member.conn) is member
+        return hub is not None and hub.joining.get(member.conn) is member
 
     def leave(self, conn: Connection, room: str) -> bool:
         hub = self.rooms.get(room)
-        if hub is None or conn not in hub.members:
+        if hub is None or conn not in hub:
             return False
         self._remove(hub, conn)
         return True
 
     def _remove(self, hub: Room, conn: Connection) -> None:
-        del hub.members[conn]
-        if not hub.members and self.rooms.get(hub.name) is hub:
+        if conn in hub.live:
+            del hub.live[conn]
+            hub.ahead.pop(conn, None)
+        else:
+            del hub.joining[conn]
+        if not hub.live and not hub.joining and self.rooms.get(hub.name) is hub:
             del self.rooms[hub.name]
             self._broker().feeds.unwatch(hub.name)
 

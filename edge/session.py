@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
+import sys
 import time
 
 from aiohttp import WSMsgType, web
@@ -23,7 +23,6 @@ from schemas import (
     Auth,
     CloseCode,
     ErrorCode,
-    Expiring,
     Join,
     Leave,
     Left,
@@ -38,11 +37,14 @@ from schemas import (
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "jetsock.v1"
+_PROTOCOLS = (SUBPROTOCOL,)
 BEARER_PREFIX = "bearer."
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 
 _QUERY_TOKEN_KEYS = {"token", "access_token", "jwt", "auth", "bearer", "authorization", "id_token"}
 _QUERY_TOKEN_REASON = "token in URL refused: use the bearer.<JWT> subprotocol, a cookie, or an auth frame"
+_BINARY_REASON = "binary frames are not part of jetsock.v1: send JSON text frames"
+_CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
 def _looks_like_jwt(value: str) -> bool:
@@ -50,7 +52,10 @@ def _looks_like_jwt(value: str) -> bool:
 
 
 def _token_in_query(request: web.Request) -> bool:
-    return any(k.lower() in _QUERY_TOKEN_KEYS or _looks_like_jwt(v) for k, v in request.query.items())
+    # query_string first: parsing an empty query would still cache a MultiDict on the request.
+    return bool(request.query_string) and any(
+        k.lower() in _QUERY_TOKEN_KEYS or _looks_like_jwt(v) for k, v in request.query.items()
+    )
 
 
 def _offered_bearer(request: web.Request) -> str | None:
@@ -62,54 +67,87 @@ def _offered_bearer(request: web.Request) -> str | None:
     return None
 
 
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
+def _upgrade(node: Node, request: web.Request) -> web.StreamResponse:
+    """The WebSocket response to prepare, or the HTTP refusal to send instead."""
     settings = node.settings
     if node.draining:
         return web.Response(status=503, text="node is draining: connect to another node\n")
     origin = request.headers.get("Origin")
     if origin is not None and not origin_allowed(origin, request, settings.origins):
         return web.Response(status=403, text=f"origin {origin!r} is not allowed\n")
-
-    ws = web.WebSocketResponse(
-        protocols=(SUBPROTOCOL,),
+    return web.WebSocketResponse(
+        protocols=_PROTOCOLS,
         compress=False,
         autoping=False,
-        # aiohttp refuses a message of max_msg_size bytes or more; the limit is inclusive.
-        max_msg_size=settings.max_frame_bytes + 1,
+        max_msg_size=node.max_msg_size,
         decode_text=False,
         timeout=settings.close_timeout,
     )
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    # This coroutine lives as long as the connection and the read loop runs in
+    # it, not in coroutines of its own: an idle connection waits here, so every
+    # frame (and every local and stack slot of this one) held for its lifetime
+    # is paid once per connection. One-off steps are in helpers that return.
+    node = request.app[NODE_KEY]
+    ws = _upgrade(node, request)
+    if not isinstance(ws, web.WebSocketResponse):
+        return ws
     await ws.prepare(request)
-    transport = request.transport
-    assert transport is not None
-    conn = Connection(node, secrets.token_urlsafe(12), ws, transport)  # type: ignore[arg-type]
-    node.connections.add(conn)
-    started = time.monotonic()
+    assert request.transport is not None
+    conn = Connection(node, secrets.token_urlsafe(12), ws, request.transport)  # type: ignore[arg-type]
+    node.connections[conn] = None
     try:
-        if _token_in_query(request):
-            conn.close(CloseCode.BAD_REQUEST, _QUERY_TOKEN_REASON)
-        elif len(node.connections) > settings.max_connections:
-            conn.close(CloseCode.TRY_AGAIN_LATER, "node full: try again later")
-        else:
-            cookie = request.cookies.get(settings.cookie_name) if origin is not None else None
-            await _serve(node, conn, _offered_bearer(request) or cookie)
+        if await _open(node, conn, request):
+            while True:
+                message = await ws.receive()
+                conn.last_seen = time.monotonic()
+                if message.type is WSMsgType.TEXT:
+                    if not conn.closing:
+                        await _dispatch(node, conn, message.data)
+                elif message.type is WSMsgType.PING:
+                    conn.push(pong_frame(message.data))
+                elif message.type is WSMsgType.BINARY:
+                    conn.close(CloseCode.BAD_REQUEST, _BINARY_REASON)
+                elif message.type is not WSMsgType.PONG:  # CLOSE, CLOSING, CLOSED, ERROR (1009 is sent by aiohttp)
+                    break
+                # Not kept while waiting for the next frame.
+                del message
         while not ws.closed:
-            if (await ws.receive()).type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            if (await ws.receive()).type in _CLOSED:
                 break
     finally:
-        node.connections.discard(conn)
-        node.release(conn)
-        conn.cancel_timers()
-        conn.leave_all()
-        await conn.wait_closed()
-        code = conn.close_code if conn.close_code is not None else ws.close_code
-        node.metrics.closes.add(1, {"code": str(code)})
-        log.debug("connection %s closed with %s after %.1f s", conn.session, code, time.monotonic() - started)
+        await _finish(node, conn)
     return ws
 
 
-async def _serve(node: Node, conn: Connection, handshake_token: str | None) -> None:
+async def _open(node: Node, conn: Connection, request: web.Request) -> bool:
+    """Refuse, or authenticate and welcome; True when the read loop should run."""
+    if _token_in_query(request):
+        conn.close(CloseCode.BAD_REQUEST, _QUERY_TOKEN_REASON)
+        return False
+    if len(node.connections) > node.settings.max_connections:
+        conn.close(CloseCode.TRY_AGAIN_LATER, "node full: try again later")
+        return False
+    cookie = request.cookies.get(node.settings.cookie_name) if request.headers.get("Origin") is not None else None
+    return await _authenticate_first(node, conn, _offered_bearer(request) or cookie)
+
+
+async def _finish(node: Node, conn: Connection) -> None:
+    node.connections.pop(conn, None)
+    node.release(conn)
+    conn.cancel_timers()
+    conn.leave_all()
+    await conn.wait_closed()
+    code = conn.close_code if conn.close_code is not None else conn.ws.close_code
+    node.metrics.closes.add(1, {"code": str(code)})
+    log.debug("connection %s closed with %s after %.1f s", conn.session, code, time.monotonic() - conn.opened)
+
+
+async def _authenticate_first(node: Node, conn: Connection, handshake_token: str | None) -> bool:
+    """Authenticate with the handshake's token or the first frame and send `welcome`;
+    False when the connection is being closed instead. The token is not kept."""
     ws = conn.ws
     settings = node.settings
     ref = None
@@ -119,63 +157,36 @@ async def _serve(node: Node, conn: Connection, handshake_token: str | None) -> N
             first = await ws.receive(timeout=settings.auth_timeout)
         except TimeoutError:
             conn.close(CloseCode.UNAUTHENTICATED, "no auth frame within auth_timeout")
-            return
+            return False
         frame = None
         if first.type is WSMsgType.TEXT:
             try:
                 frame = decode_client_frame(first.data)
             except BadFrame:
                 frame = None
-        elif first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            return
+        elif first.type in _CLOSED:
+            return False
         if not isinstance(frame, Auth):
             conn.close(CloseCode.UNAUTHENTICATED, "the first frame must be auth (or authenticate in the handshake)")
-            return
+            return False
         token, ref = frame.token, frame.ref
     try:
         principal = await node.verifier.verify(token)
     except AuthError as exc:
         conn.close(CloseCode.UNAUTHENTICATED, str(exc))
-        return
+        return False
     if not node.admit(conn, principal.sub):
         conn.close(CloseCode.RATE_LIMITED, "too many connections for this subject on this node")
-        return
-    _authenticate(node, conn, principal)
+        return False
+    _authenticate(conn, principal)
     conn.send(Welcome(session=conn.session, node=node.name, heartbeat=settings.heartbeat, exp=principal.exp, ref=ref))
-    await _read_loop(node, conn)
+    return True
 
 
-def _authenticate(node: Node, conn: Connection, principal: Principal) -> None:
+def _authenticate(conn: Connection, principal: Principal) -> None:
     """Adopt `principal` and schedule `expiring` and the 4001 close from its exp."""
     conn.principal = principal
-    conn.cancel_timers()
-    loop = asyncio.get_running_loop()
-    left = principal.exp - time.time()
-    conn.call_at(
-        loop.time() + max(0.0, left - node.settings.refresh_before),
-        lambda: conn.send(Expiring(exp=principal.exp)),
-    )
-    conn.call_at(loop.time() + max(0.0, left), lambda: conn.close(CloseCode.TOKEN_EXPIRED, "token expired"))
-
-
-async def _read_loop(node: Node, conn: Connection) -> None:
-    ws = conn.ws
-    while True:
-        message = await ws.receive()
-        conn.last_seen = time.monotonic()
-        kind = message.type
-        if kind is WSMsgType.TEXT:
-            if conn.closing:
-                continue
-            await _dispatch(node, conn, message.data)
-        elif kind is WSMsgType.PING:
-            conn.outbox.push(pong_frame(message.data))
-        elif kind is WSMsgType.PONG:
-            pass
-        elif kind is WSMsgType.BINARY:
-            conn.close(CloseCode.BAD_REQUEST, "binary frames are not part of jetsock.v1: send JSON text frames")
-        else:  # CLOSE, CLOSING, CLOSED, ERROR (1009 is sent by aiohttp)
-            return
+    conn.schedule_expiry()
 
 
 async def _dispatch(node: Node, conn: Connection, data: bytes) -> None:
@@ -200,7 +211,8 @@ async def _dispatch(node: Node, conn: Connection, data: bytes) -> None:
 
 
 async def _join(node: Node, conn: Connection, frame: Join) -> None:
-    room, ref = frame.room, frame.ref
+    # Interned: every member's `rooms` then holds the same string, not a copy per join frame.
+    room, ref = sys.intern(frame.room), frame.ref
     principal = conn.principal
     assert principal is not None
     if not is_valid_room(room):
@@ -212,11 +224,11 @@ async def _join(node: Node, conn: Connection, frame: Join) -> None:
     elif len(conn.rooms) >= node.settings.max_rooms_per_connection:
         conn.error(ErrorCode.TOO_MANY_ROOMS, f"at most {node.settings.max_rooms_per_connection} rooms", ref)
     else:
-        conn.rooms.add(room)
+        conn.add_room(room)
         try:
             result = await node.registry.join(conn, room, frame.since, frame.epoch)
         except Unavailable as exc:
-            conn.rooms.discard(room)
+            conn.drop_room(room)
             conn.error(ErrorCode.UNAVAILABLE, f"cannot join now, retry: {exc}", ref)
             return
         if result is None or conn.closing:
@@ -243,14 +255,14 @@ async def _send_backlog(node: Node, conn: Connection, room: str, member: Member,
                     await conn.writable()
                     if not registry.is_current(member, room):
                         return
-                    conn.outbox.push(encode_msg(message))
+                    conn.push(encode_msg(message))
                 node.metrics.replayed.add(len(batch))
         while held := registry.take_held(member):
             for _seq, frame in held:
                 await conn.writable()
                 if not registry.is_current(member, room):
                     return
-                conn.outbox.push(frame)
+                conn.push(frame)
     except Unavailable as exc:
         # Continuity cannot be kept: the client reconnects and rejoins with its last seq.
         conn.close(CloseCode.TRY_AGAIN_LATER, f"replay interrupted: {exc}")
@@ -263,7 +275,7 @@ async def _leave(node: Node, conn: Connection, frame: Leave) -> None:
     if frame.room not in conn.rooms:
         conn.error(ErrorCode.NOT_JOINED, f"not a member of {frame.room!r}", frame.ref)
         return
-    conn.rooms.discard(frame.room)
+    conn.drop_room(frame.room)
     node.registry.leave(conn, frame.room)
     conn.send(Left(room=frame.room, ref=frame.ref))
 
@@ -272,8 +284,9 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
     room, ref = frame.room, frame.ref
     principal = conn.principal
     assert principal is not None
-    if not conn.bucket.take(time.monotonic()):
-        if conn.bucket.strikes >= node.settings.rate_limit_strikes:
+    bucket = conn.publish_bucket()
+    if not bucket.take(time.monotonic()):
+        if bucket.strikes >= node.settings.rate_limit_strikes:
             conn.close(CloseCode.RATE_LIMITED, "publish rate limit exceeded persistently")
         else:
             conn.error(ErrorCode.RATE_LIMITED, f"at most {node.settings.publish_rate:g} publishes per second", ref)
@@ -308,10 +321,10 @@ async def _refresh(node: Node, conn: Connection, frame: Refresh) -> None:
     if principal.sub != current.sub:
         conn.error(ErrorCode.FORBIDDEN, "refresh refused: the token is for another subject", frame.ref)
         return
-    _authenticate(node, conn, principal)
+    _authenticate(conn, principal)
     for room in sorted(conn.rooms):
         if not principal.can_join(room):
-            conn.rooms.discard(room)
+            conn.drop_room(room)
             node.registry.leave(conn, room)
             conn.send(Left(room=room, reason="forbidden"))
     conn.send(Refreshed(exp=principal.exp, ref=frame.ref))

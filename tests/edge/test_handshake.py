@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -152,3 +154,16 @@ async def test_allowed_origins_list_replaces_the_default(make_edge: object) -> N
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await session.ws_connect(edge.url, protocols=("jetsock.v1",), origin=origin)
             assert info.value.status == 403, origin
+
+
+async def test_expiry_far_off_at_connect_is_still_on_time(make_edge: Any) -> None:
+    # With heartbeat 0.4 s, no timer is held for a step more than 0.2 s away: the
+    # heartbeat sweep arms it when it comes near. Both steps must still be on time.
+    edge = await make_edge(heartbeat=0.4, refresh_before=1.0)
+    client = await connect(edge.url, tok=token(ttl=3))
+    exp = client.welcome["exp"]  # type: ignore[index]
+    await client.expect("expiring", timeout=5)
+    assert exp - 1.0 - 0.05 <= time.time() < exp - 0.5
+    code, _ = await client.closed(timeout=5)
+    assert code == 4001 and exp - 0.05 <= time.time() < exp + 0.5
+    await client.close()
