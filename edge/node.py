@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 import os
@@ -14,7 +13,7 @@ from core.auth import TokenVerifier
 from core.broker import Broker
 from core.settings import Settings
 from edge.connection import Connection
-from edge.memory import TrimPolicy, trim
+from edge.memory import CollectorPolicy, TrimPolicy, trim
 from edge.outbox import Flusher
 from edge.registry import Registry
 from edge.telemetry import Metrics
@@ -24,6 +23,7 @@ from schemas import CloseCode
 log = logging.getLogger(__name__)
 
 SWEEPS_PER_HEARTBEAT = 4
+SWEEP_SLICES = 25
 """The heartbeat sweep runs this many times per `heartbeat`."""
 
 
@@ -37,6 +37,7 @@ class Node:
         self.broker = Broker(settings, self.registry)
         self.registry.broker = self.broker
         self.connections: dict[Connection, None] = {}
+        self.collector = CollectorPolicy()
         """Open connections: a dict used as a set, since a large set's table costs
         about three times a dict's per entry."""
         self.metrics = Metrics(
@@ -97,31 +98,44 @@ class Node:
     async def _heartbeat_loop(self) -> None:
         """Ping every connection each `heartbeat` s; close those silent for two (4009).
 
-        One task for the whole node, waking four times per heartbeat, so the
-        timeout fires between 2 and 2.25 heartbeats of silence. The same sweep
-        arms token-expiry timers that fall due before the next ones.
+        One task for the whole node. Every connection is checked four times per
+        heartbeat, so the timeout fires between 2 and 2.25 heartbeats of silence.
+        Each of those sweeps is cut into SWEEP_SLICES slices spread over its
+        period: connections that arrived together would otherwise be pinged in
+        one burst of thousands of writes, a pause every other connection feels.
+        The same sweep arms token-expiry timers that fall due before the next ones.
         """
         heartbeat = self.settings.heartbeat
+        period = heartbeat / SWEEPS_PER_HEARTBEAT
         trim_policy = TrimPolicy()
         while True:
-            await asyncio.sleep(heartbeat / SWEEPS_PER_HEARTBEAT)
-            if trim_policy.observe(len(self.connections)):
+            conns = list(self.connections)
+            per_slice = math.ceil(len(conns) / SWEEP_SLICES)
+            for index in range(SWEEP_SLICES):
+                await asyncio.sleep(period / SWEEP_SLICES)
+                self._check(conns[index * per_slice : (index + 1) * per_slice], heartbeat)
+            open_now = len(self.connections)
+            if trim_policy.observe(open_now):
                 # Closed connections leave reference cycles (aiohttp's protocol,
                 # transport and request objects) that only a full collection frees.
-                gc.collect()
+                self.collector.full_collect()
                 released = trim()
-                log.debug("connections fell to %d: malloc_trim released=%s", len(self.connections), released)
-            now = time.monotonic()
-            wall = time.time()
-            for conn in list(self.connections):
-                if conn.principal is None or conn.closing:
-                    continue
-                conn.arm_expiry(wall)
-                if now - conn.last_seen > 2 * heartbeat:
-                    conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: nothing received for two heartbeats")
-                elif now - conn.last_ping >= heartbeat:
-                    conn.last_ping = now
-                    conn.push(PING_FRAME)
+                log.debug("connections fell to %d: malloc_trim released=%s", open_now, released)
+            elif self.collector.tick(open_now) == "full":
+                log.debug("full collection after churn; %d connections open", open_now)
+
+    def _check(self, conns: list[Connection], heartbeat: float) -> None:
+        now = time.monotonic()
+        wall = time.time()
+        for conn in conns:
+            if conn.principal is None or conn.closing:
+                continue
+            conn.arm_expiry(wall)
+            if now - conn.last_seen > 2 * heartbeat:
+                conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: nothing received for two heartbeats")
+            elif now - conn.last_ping >= heartbeat:
+                conn.last_ping = now
+                conn.push(PING_FRAME)
 
     async def drain(self) -> None:
         """Refuse new connections, then close the open ones with 1012 over drain_seconds."""

@@ -136,6 +136,7 @@ async def _open(node: Node, conn: Connection, request: web.Request) -> bool:
 
 async def _finish(node: Node, conn: Connection) -> None:
     node.connections.pop(conn, None)
+    node.collector.connection_closed()
     node.release(conn)
     conn.cancel_timers()
     conn.leave_all()
