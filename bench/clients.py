@@ -128,8 +128,11 @@ class BenchClient:
         rooms: Sequence[str],
         source: str,
         reconnect: bool = False,
+        sampled: bool = True,
     ) -> None:
         self.stats = stats
+        self.sampled = sampled
+        """False: count room messages without decoding them (fan-out's many members)."""
         self.host = host
         self.port = port
         self.token = token
@@ -250,6 +253,9 @@ class JetsockClient(BenchClient):
         return handshake(self.host, self.port, self.path, f"jetsock.v1, bearer.{self.token}")
 
     def on_text(self, payload: bytes) -> None:
+        if not self.sampled and payload.startswith(b'{"type":"msg"'):
+            self.stats.deliveries += 1
+            return
         frame = _decode_jetsock(payload)
         kind = frame.type
         if kind == "msg":
@@ -297,6 +303,9 @@ class SocketIOClient(BenchClient):
     def on_text(self, payload: bytes) -> None:
         assert self.proto is not None
         if payload.startswith(b'42["msg"'):
+            if not self.sampled:
+                self.stats.deliveries += 1
+                return
             _event, message = _decode_sio_event(payload[2:])
             self.stats.delivered(message.room, message.t, message.n, self)
         elif payload == b"2":

@@ -56,8 +56,13 @@ class Run:
         total["caught_up_at"] = sorted(t for p in parts for t in p["caught_up_at"])
         return total
 
-    async def open(self, shape: str, count: int, reconnect: bool = False) -> int:
-        """Open `count` clients of `shape`, split over the generators; the number that opened."""
+    async def open(self, shape: str, count: int, reconnect: bool = False, sample_every: int = 1) -> int:
+        """Open `count` clients of `shape`, split over the generators; the number that opened.
+
+        With `sample_every` n, one client in n decodes its messages for latency and
+        numbering; the others only count them, so that the load generator's own
+        decoding does not become the latency of a 5,000-member fan-out.
+        """
         share = math.ceil(count / len(self.generators))
         calls = [
             g.call(
@@ -70,6 +75,7 @@ class Run:
                 first=i * share,
                 count=max(0, min(share, count - i * share)),
                 reconnect=reconnect,
+                sample_every=sample_every,
             )
             for i, g in enumerate(self.generators)
         ]

@@ -44,9 +44,9 @@ class LoadGenerator:
     def make(self, cmd: dict[str, Any], index: int, reconnect: bool) -> BenchClient:
         token = make_token(cmd["secret"], f"bench-{index}", join=[">"], publish=[">"], ttl=7200)
         cls = CLIENTS[cmd["system"]]
-        return cls(
-            self.stats, cmd["host"], cmd["port"], token, rooms(cmd["shape"], index), self.source(index), reconnect
-        )
+        sampled = index % cmd.get("sample_every", 1) == 0
+        source = self.source(index)
+        return cls(self.stats, cmd["host"], cmd["port"], token, rooms(cmd["shape"], index), source, reconnect, sampled)
 
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)

@@ -41,6 +41,7 @@ FIGURES = {
         Figure("p50_ms", "p50 at saturation, ms", True),
         Figure("p99_ms", "p99 at saturation, ms", True),
         Figure("rate_p99_over_100ms", "publish rate where p99 passes 100 ms, msg/s", False),
+        Figure("floor_us_per_send", "floor: kernel CPU per send() on loopback, µs (same for both)", True),
     ],
     "chat": [
         Figure("connections", "connections", False),
