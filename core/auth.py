@@ -24,7 +24,14 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z", re.ASCII)
 
 
 class AuthError(Exception):
-    """A token that does not authenticate; the message is safe to show the client."""
+    """A token that does not authenticate; the message is safe to show the client.
+
+    `reason` is a short fixed word for metrics: invalid, expired, not_yet_valid,
+    too_large, algorithm, key, claims."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Principal:
@@ -71,14 +78,16 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         if len(token) > self._max_bytes:
-            raise AuthError(f"token longer than {self._max_bytes} bytes")
+            raise AuthError(f"token longer than {self._max_bytes} bytes", "too_large")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
-            raise AuthError(f"algorithm {algorithm!r} is not accepted; use one of {', '.join(ALLOWED_ALGORITHMS)}")
+            raise AuthError(
+                f"algorithm {algorithm!r} is not accepted; use one of {', '.join(ALLOWED_ALGORITHMS)}", "algorithm"
+            )
         key = await self._key(algorithm, header.get("kid"))
         try:
             claims = jwt.decode(
@@ -91,9 +100,9 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
+            raise AuthError("token expired", "expired") from None
         except jwt.ImmatureSignatureError:
-            raise AuthError("token not valid yet (nbf)") from None
+            raise AuthError("token not valid yet (nbf)", "not_yet_valid") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         return principal_from_claims(claims)
@@ -101,7 +110,7 @@ class TokenVerifier:
     async def _key(self, algorithm: str, kid: Any) -> Any:
         if algorithm == "HS256":
             if self._secret is None:
-                raise AuthError("HS256 tokens are not accepted here")
+                raise AuthError("HS256 tokens are not accepted here", "algorithm")
             return self._secret
         if kid is not None and not isinstance(kid, str):
             raise AuthError("invalid token: kid must be a string")
@@ -110,10 +119,10 @@ class TokenVerifier:
                 return await self._jwks.key(kid, algorithm)
             except KeyUnavailable as exc:
                 if self._pem is None or self._pem[1] != algorithm:
-                    raise AuthError(f"no key for this token: {exc}") from None
+                    raise AuthError(f"no key for this token: {exc}", "key") from None
         if self._pem is not None and self._pem[1] == algorithm:
             return self._pem[0]
-        raise AuthError(f"{algorithm} tokens are not accepted here")
+        raise AuthError(f"{algorithm} tokens are not accepted here", "algorithm")
 
 
 def expand_patterns(texts: list[str], sub: str) -> list[str]:
@@ -138,25 +147,25 @@ def _shared_rights(texts: tuple[str, ...]) -> RoomRights:
 def _patterns(rooms: dict[str, Any], right: str, sub: str) -> RoomRights:
     texts = rooms.get(right, [])
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise AuthError(f"claim rooms.{right} must be a list of room patterns")
+        raise AuthError(f"claim rooms.{right} must be a list of room patterns", "claims")
     try:
         return _shared_rights(tuple(expand_patterns(texts, sub)))
     except InvalidRoom as exc:
-        raise AuthError(f"claim rooms.{right}: {exc}") from None
+        raise AuthError(f"claim rooms.{right}: {exc}", "claims") from None
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
-        raise AuthError("claim sub must be a non-empty string")
+        raise AuthError("claim sub must be a non-empty string", "claims")
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise AuthError("claim exp must be a number")
+        raise AuthError("claim exp must be a number", "claims")
     rooms = claims.get("rooms")
     if rooms is None:
         rooms = {}  # no rooms claim: no rights
     if not isinstance(rooms, dict):
-        raise AuthError("claim rooms must be an object")
+        raise AuthError("claim rooms must be an object", "claims")
     admin = claims.get("admin") is True
     return Principal(sub, int(exp), _patterns(rooms, "join", sub), _patterns(rooms, "publish", sub), admin)
 

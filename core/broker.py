@@ -141,6 +141,8 @@ class Broker:
         self._js: JetStreamContext | None = None
         self._fetcher: RoomFetcher | None = None
         self._feeds: LiveFeeds | None = None
+        self.reconnects = 0
+        """NATS reconnections since start (a counter for metrics)."""
         self.epoch = ""
         self._closing = False
         self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
@@ -200,6 +202,11 @@ class Broker:
         assert self._feeds is not None, "Broker.connect() first"
         return self._feeds
 
+    def repair_counts(self) -> tuple[int, int]:
+        """(gap repairs started, messages they fetched); zeros before connect."""
+        feeds = self._feeds
+        return (feeds.repairs, feeds.repaired_messages) if feeds is not None else (0, 0)
+
     @property
     def fetcher(self) -> RoomFetcher:
         assert self._fetcher is not None, "Broker.connect() first"
@@ -213,6 +220,7 @@ class Broker:
         log.warning("NATS error: %s", exc)
 
     async def _on_reconnected(self) -> None:
+        self.reconnects += 1
         log.info("NATS reconnected; repairing %d active rooms", len(self.feeds))
         try:
             await self._check_epoch()
@@ -250,13 +258,23 @@ class Broker:
 
     # --- publish ----------------------------------------------------------
 
-    async def publish(self, room: str, data: bytes, *, sender: str | None, key: str | None) -> PublishResult:
-        """Store `data` (valid JSON) in the room; the ack's sequence is its `seq`."""
+    async def publish(
+        self,
+        room: str,
+        data: bytes,
+        *,
+        sender: str | None,
+        key: str | None,
+        trace: dict[str, str] | None = None,
+    ) -> PublishResult:
+        """Store `data` (valid JSON) in the room; the ack's sequence is its `seq`.
+
+        `trace` holds W3C trace-context headers (traceparent) to store with it."""
         assert self._js is not None
         if not self.connected:
             # nats-py would buffer the publish until reconnected; answer at once instead.
             raise Unavailable("NATS is not connected")
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(trace) if trace else {}
         if sender is not None:
             headers[FROM_HEADER] = sender
         if key is not None:

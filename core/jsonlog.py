@@ -63,6 +63,8 @@ class RedactingFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str) -> None:
     """Route the root logger to stderr as JSON lines (`fmt` "json") or text."""
+    if fmt not in ("json", "text"):
+        raise ValueError(f"log format must be json or text, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else RedactingFormatter(TEXT_FORMAT))
     root = logging.getLogger()

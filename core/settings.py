@@ -112,6 +112,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ] = False
     demo: Annotated[bool, _doc("Serve the demo chat page at / (on in development mode).")] = False
     log_level: Annotated[str, _doc("Log level: debug, info, warning, error.")] = "info"
+    log_format: Annotated[str, _doc("Log lines as `json` (one object per line) or `text`.")] = "json"
+    metrics: Annotated[bool, _doc("Collect metrics (/metrics, OTLP); off only to measure their cost.")] = True
+    otlp_endpoint: Annotated[
+        str, _doc("OTLP/HTTP collector base address (http://host:4318); empty sends no metrics or traces.")
+    ] = ""
+    trace_sample_ratio: Annotated[
+        float, _doc("Fraction of messages whose delivery on this node gets a span (fan-out multiplies spans).")
+    ] = 0.01
+    admin: Annotated[bool, _doc("Serve the operator page at /admin (a JWT with `admin: true` to read it).")] = False
 
     @property
     def nats_servers(self) -> list[str]:

@@ -35,6 +35,8 @@ class StoredMessage(msgspec.Struct, frozen=True):
     id: str | None = None
     sender: str | None = None
     encoding: str | None = None
+    traceparent: str | None = None
+    """W3C trace context of the publish, when the publisher sent one (delivery spans link to it)."""
 
 
 def normalize_payload(payload: bytes) -> tuple[bytes, str | None]:
@@ -80,6 +82,9 @@ def message_id(headers: Mapping[str, str]) -> str | None:
     return headers.get(ID_HEADER) or headers.get(MSG_ID_HEADER) or None
 
 
+TRACEPARENT_HEADER = "traceparent"
+
+
 def stored_message(room: str, seq: int, headers: Mapping[str, str] | None, payload: bytes) -> StoredMessage:
     headers = headers or {}
     data, encoding = normalize_payload(payload)
@@ -91,4 +96,5 @@ def stored_message(room: str, seq: int, headers: Mapping[str, str] | None, paylo
         id=message_id(headers),
         sender=headers.get(FROM_HEADER) or None,
         encoding=encoding,
+        traceparent=headers.get(TRACEPARENT_HEADER) or None,
     )

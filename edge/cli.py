@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from core import jsonlog
 from core.auth import make_token
 from core.broker import Unavailable
 from core.embedded import EmbeddedNats
@@ -66,9 +67,7 @@ def _serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jetsock serve", description="Run a jetsock edge node.")
     add_flags(parser)
     settings = load_settings(parser.parse_args(argv))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    jsonlog.configure(settings.log_level, settings.log_format)
     if settings.dev:
         # Development conveniences, never applied without --dev / JETSOCK_DEV.
         dev_overrides: dict[str, str] = {}

@@ -215,7 +215,6 @@ class Connection(Outbox):
         # Called from inside fan-out: the outbox already refuses frames, and the
         # close (which leaves rooms) waits for the next pass so the loop walking
         # the room's members is not changed under it.
-        self._node.metrics.slow_consumers.add(1)
         asyncio.get_running_loop().call_soon(
             self.close, CloseCode.SLOW_CONSUMER, "slow consumer: outbound buffer full; reconnect and resume"
         )

@@ -10,6 +10,7 @@ from core.broker import Unavailable
 from core.rooms import ROOM_RULE, is_valid_room
 from edge.decode import is_utf8
 from edge.node import Node
+from edge.publishing import publish_traced
 from edge.session import NODE_KEY
 from edge.telemetry import CONTENT_TYPE
 from schemas import CloseCode, ErrorCode
@@ -17,19 +18,30 @@ from schemas import CloseCode, ErrorCode
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def _problem(status: int, code: ErrorCode, message: str) -> web.Response:
+def problem(status: int, code: ErrorCode, message: str) -> web.Response:
     return web.json_response({"code": str(code), "message": message}, status=status)
 
 
-async def _bearer(request: web.Request, node: Node, wanted: str) -> Principal | web.Response:
+async def bearer_principal(request: web.Request, node: Node, wanted: str) -> Principal | web.Response:
     """The principal of the request's `Authorization: Bearer` token, or the 401 to answer."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        return _problem(401, ErrorCode.FORBIDDEN, f"send Authorization: Bearer <{wanted}>")
+        return problem(401, ErrorCode.FORBIDDEN, f"send Authorization: Bearer <{wanted}>")
     try:
         return await node.verifier.verify(token.strip())
     except AuthError as exc:
-        return _problem(401, ErrorCode.FORBIDDEN, str(exc))
+        node.metrics.auth_failures.add(1, {"jetsock.reason": exc.reason})
+        return problem(401, ErrorCode.FORBIDDEN, str(exc))
+
+
+async def admin_principal(request: web.Request, node: Node) -> Principal | web.Response:
+    """The principal of an admin token, or the 401/403 to answer."""
+    principal = await bearer_principal(request, node, "an admin JWT")
+    if isinstance(principal, web.Response):
+        return principal
+    if not principal.admin:
+        return problem(403, ErrorCode.FORBIDDEN, "the token has no admin claim")
+    return principal
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -56,34 +68,33 @@ async def publish(request: web.Request) -> web.Response:
     node: Node = request.app[NODE_KEY]
     room = request.match_info["room"]
     if not is_valid_room(room):
-        return _problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}: {ROOM_RULE}")
-    principal = await _bearer(request, node, "a JWT with publish rights")
+        return problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}: {ROOM_RULE}")
+    principal = await bearer_principal(request, node, "a JWT with publish rights")
     if isinstance(principal, web.Response):
         return principal
     if not principal.can_publish(room):
-        return _problem(403, ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}")
+        return problem(403, ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}")
     limit = node.settings.max_data_bytes
     if request.content_length is not None and request.content_length > limit:
-        return _problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
+        return problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
     body = await request.content.read(limit + 1)
     if len(body) > limit:
-        return _problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
+        return problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
     if not is_utf8(body):
-        return _problem(400, ErrorCode.BAD_REQUEST, "the body must be UTF-8 JSON")
+        return problem(400, ErrorCode.BAD_REQUEST, "the body must be UTF-8 JSON")
     try:
         msgspec.json.decode(body, type=msgspec.Raw)
     except RecursionError:
-        return _problem(400, ErrorCode.BAD_REQUEST, "the body is nested too deeply")
+        return problem(400, ErrorCode.BAD_REQUEST, "the body is nested too deeply")
     except msgspec.DecodeError as exc:
-        return _problem(400, ErrorCode.BAD_REQUEST, f"the body must be JSON: {exc}")
+        return problem(400, ErrorCode.BAD_REQUEST, f"the body must be JSON: {exc}")
     key = request.headers.get(IDEMPOTENCY_HEADER) or None
     if key is not None and len(key) > 256:
-        return _problem(400, ErrorCode.BAD_REQUEST, "Idempotency-Key is at most 256 characters")
+        return problem(400, ErrorCode.BAD_REQUEST, "Idempotency-Key is at most 256 characters")
     try:
-        result = await node.broker.publish(room, body, sender=principal.sub, key=key)
+        result = await publish_traced(node, room, body, principal.sub, key, "http")
     except Unavailable as exc:
-        return _problem(503, ErrorCode.UNAVAILABLE, f"not stored, retry: {exc}")
-    node.metrics.messages_in.add(1, {"source": "http"})
+        return problem(503, ErrorCode.UNAVAILABLE, f"not stored, retry: {exc}")
     answer: dict[str, object] = {"seq": result.seq}
     if result.duplicate:
         answer["duplicate"] = True
@@ -99,21 +110,19 @@ async def disconnect(request: web.Request) -> web.Response:
     do it) to reach them all.
     """
     node: Node = request.app[NODE_KEY]
-    principal = await _bearer(request, node, "an admin JWT")
+    principal = await admin_principal(request, node)
     if isinstance(principal, web.Response):
         return principal
-    if not principal.admin:
-        return _problem(403, ErrorCode.FORBIDDEN, "the token has no admin claim")
     options: dict[str, object] = {}
     if request.can_read_body:
         try:
             options = msgspec.json.decode(await request.content.read(4096), type=dict[str, object])
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return _problem(400, ErrorCode.BAD_REQUEST, 'the body must be {"code": 4xxx, "reason": "..."}')
+            return problem(400, ErrorCode.BAD_REQUEST, 'the body must be {"code": 4xxx, "reason": "..."}')
     code = options.get("code", int(CloseCode.FORBIDDEN))
     reason = options.get("reason", "disconnected by an operator")
     if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999 or not isinstance(reason, str):
-        return _problem(400, ErrorCode.BAD_REQUEST, "code must be an integer in 4000-4999, reason a string")
+        return problem(400, ErrorCode.BAD_REQUEST, "code must be an integer in 4000-4999, reason a string")
     sub = request.match_info["sub"]
     victims = [c for c in node.connections if c.principal is not None and c.principal.sub == sub]
     for conn in victims:

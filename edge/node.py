@@ -12,17 +12,21 @@ import time
 from core.auth import TokenVerifier
 from core.broker import Broker
 from core.settings import Settings
+from core.stored import StoredMessage
+from edge.closes import RecentCloses
 from edge.connection import Connection
 from edge.memory import CollectorPolicy, TrimPolicy, trim
 from edge.outbox import Flusher
 from edge.registry import Registry
-from edge.telemetry import Metrics
+from edge.telemetry import Metrics, NodeGauges
+from edge.tracing import Tracing
 from edge.wsframe import PING_FRAME
 from schemas import CloseCode
 
 log = logging.getLogger(__name__)
 
 SWEEPS_PER_HEARTBEAT = 4
+BACKEND_SOURCE = {"jetsock.source": "backend"}
 SWEEP_SLICES = 25
 """The heartbeat sweep runs this many times per `heartbeat`."""
 
@@ -38,11 +42,28 @@ class Node:
         self.registry.broker = self.broker
         self.connections: dict[Connection, None] = {}
         self.collector = CollectorPolicy()
+        self.recent_closes = RecentCloses()
+        self.published = 0
+        """Publishes stored through this node (clients and HTTP), for the operator page."""
         """Open connections: a dict used as a set, since a large set's table costs
         about three times a dict's per entry."""
         self.metrics = Metrics(
-            lambda: len(self.connections), lambda: len(self.registry.rooms), lambda: self.registry.deliveries
+            NodeGauges(
+                connections=self.connection_counts,
+                rooms=lambda: len(self.registry.rooms),
+                deliveries=lambda: self.registry.deliveries,
+                bytes_out=lambda: self.flusher.bytes_out,
+                gap_repairs=self.broker.repair_counts,
+                nats=lambda: (self.broker.connected, self.broker.reconnects),
+            ),
+            self.name,
+            settings.otlp_endpoint,
+            enabled=settings.metrics,
         )
+        self.tracing = Tracing(settings, self.name)
+        if settings.metrics:
+            self.flusher.on_sample = lambda size: self.metrics.outbox_size.record(size)
+        self.registry.on_message = self._observe_message
         self.draining = False
         self._per_sub: dict[str, int] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -70,6 +91,7 @@ class Node:
         await self.close_connections()
         await self.broker.close()
         self.metrics.shutdown()
+        self.tracing.shutdown()
 
     def admit(self, conn: Connection, sub: str) -> bool:
         """Count `conn` against its subject's limit; False when the subject is at it."""
@@ -90,6 +112,21 @@ class Node:
             self._per_sub[sub] = left
         else:
             del self._per_sub[sub]
+
+    def _observe_message(self, message: StoredMessage, members: int) -> None:
+        """Once per message fanned out here: its source, its delay since stored, a sampled span."""
+        metrics = self.metrics
+        if message.sender is None:
+            # Stored without an edge's sender header: a backend published it into NATS directly.
+            metrics.messages_in.add(1, BACKEND_SOURCE)
+            self.published += 1
+        metrics.delivery_duration.record(max(0.0, time.time() - message.ts / 1000.0))
+        self.tracing.delivered(message, members)
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(authenticated, still authenticating): read at collection time only."""
+        pending = sum(1 for conn in self.connections if conn.principal is None)
+        return len(self.connections) - pending, pending
 
     @property
     def ready(self) -> bool:

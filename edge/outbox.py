@@ -26,6 +26,8 @@ def _joined(frames: list[bytes]) -> bytes:
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
+SAMPLE_EVERY = 64
+"""One write in this many reports its size to the outbox-size histogram."""
 BUSY_FLUSH = 0.001
 """Seconds a flush pass must take to count as busy (hundreds of sockets written)."""
 
@@ -64,7 +66,17 @@ class Flusher:
     most `max_delay` more latency, paid only under load.
     """
 
-    __slots__ = ("_dirty", "_generation", "_loop", "_max_delay", "_next", "_scheduled")
+    __slots__ = (
+        "_dirty",
+        "_generation",
+        "_loop",
+        "_max_delay",
+        "_next",
+        "_scheduled",
+        "bytes_out",
+        "on_sample",
+        "writes",
+    )
 
     def __init__(self, max_delay: float = 0.0) -> None:
         self._dirty: list[Outbox] = []
@@ -75,6 +87,10 @@ class Flusher:
         self._max_delay = max_delay
         self._next = 0.0
         """Loop time before which no flush starts (after a busy one)."""
+        self.bytes_out = 0
+        self.writes = 0
+        self.on_sample: Callable[[int], None] | None = None
+        """Given one write's size every SAMPLE_EVERY writes (the outbox-size metric)."""
 
     def mark(self, outbox: Outbox) -> None:
         self._dirty.append(outbox)
@@ -139,7 +155,7 @@ class Outbox:
     """One connection's outbound buffer. `Connection` extends it, so each socket
     costs one object, not two; on its own it serves tests."""
 
-    __slots__ = ("_chunks", "_flusher", "_limit", "_on_overflow", "_size", "closed", "transport")
+    __slots__ = ("_chunks", "_flusher", "_limit", "_on_overflow", "_size", "closed", "sent", "transport")
 
     def __init__(
         self,
@@ -159,6 +175,8 @@ class Outbox:
         self._on_overflow = on_overflow
         self.closed = False
         """No more frames are accepted (sealed for a close, or overflowed)."""
+        self.sent = 0
+        """Frames written, for the close log line."""
 
     @property
     def limit(self) -> int:
@@ -195,11 +213,21 @@ class Outbox:
             return
         self._chunks = None
         self._size = 0
-        data = chunks.data() if isinstance(chunks, Batch) else _joined(chunks)
+        if isinstance(chunks, Batch):
+            data = chunks.data()
+            self.sent += len(chunks.frames)
+        else:
+            data = _joined(chunks)
+            self.sent += len(chunks)
         transport = self.transport
         if transport.is_closing():
             return
         transport.write(data)
+        flusher = self._flusher
+        flusher.bytes_out += len(data)
+        flusher.writes += 1
+        if flusher.on_sample is not None and not flusher.writes % SAMPLE_EVERY:
+            flusher.on_sample(len(data))
         if transport.get_write_buffer_size() > self._limit:
             self._overflow()
 

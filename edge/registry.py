@@ -13,6 +13,7 @@ no gap and no duplicate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -113,6 +114,8 @@ class Registry:
         self.broker: Broker | None = None
         self.deliveries = 0
         """Frames pushed to members by fan-out (for metrics and benchmarks)."""
+        self.on_message: Callable[[StoredMessage, int], None] | None = None
+        """Called once per message fanned out, with its member count (telemetry)."""
 
     # --- the feed's side ----------------------------------------------------
 
@@ -133,7 +136,10 @@ class Registry:
                 for member in tuple(hub.joining.values()):
                     if member.held is not None:
                         member.held.append((seq, frame))
-            self.deliveries += len(live) + len(hub.joining)
+            members = len(live) + len(hub.joining)
+            self.deliveries += members
+            if self.on_message is not None:
+                self.on_message(message, members)
 
     @staticmethod
     def _deliver_past_ahead(hub: Room, live: tuple[Connection, ...], seq: int, frame: bytes) -> None:

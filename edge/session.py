@@ -16,6 +16,7 @@ from edge.connection import Connection
 from edge.decode import BadFrame, decode_client_frame
 from edge.node import Node
 from edge.origin import origin_allowed
+from edge.publishing import publish_traced
 from edge.registry import Member, encode_msg
 from edge.wsframe import pong_frame
 from schemas import (
@@ -44,6 +45,8 @@ NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 _QUERY_TOKEN_KEYS = {"token", "access_token", "jwt", "auth", "bearer", "authorization", "id_token"}
 _QUERY_TOKEN_REASON = "token in URL refused: use the bearer.<JWT> subprotocol, a cookie, or an auth frame"
 _BINARY_REASON = "binary frames are not part of jetsock.v1: send JSON text frames"
+RECOVERED = {"jetsock.recovered": "true"}
+NOT_RECOVERED = {"jetsock.recovered": "false"}
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
@@ -125,6 +128,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 async def _open(node: Node, conn: Connection, request: web.Request) -> bool:
     """Refuse, or authenticate and welcome; True when the read loop should run."""
     if _token_in_query(request):
+        node.metrics.auth_failures.add(1, {"jetsock.reason": "token_in_url"})
         conn.close(CloseCode.BAD_REQUEST, _QUERY_TOKEN_REASON)
         return False
     if len(node.connections) > node.settings.max_connections:
@@ -139,11 +143,25 @@ async def _finish(node: Node, conn: Connection) -> None:
     node.collector.connection_closed()
     node.release(conn)
     conn.cancel_timers()
+    rooms = len(conn.rooms)
     conn.leave_all()
     await conn.wait_closed()
     code = conn.close_code if conn.close_code is not None else conn.ws.close_code
-    node.metrics.closes.add(1, {"code": str(code)})
-    log.debug("connection %s closed with %s after %.1f s", conn.session, code, time.monotonic() - conn.opened)
+    node.metrics.closes.add(1, {"websocket.close.code": str(code)})
+    node.recent_closes.record(code)
+    duration = time.monotonic() - conn.opened
+    principal = conn.principal
+    fields = {
+        "event": "close",
+        "session": conn.session,
+        "node": node.name,
+        "sub": principal.sub if principal is not None else None,
+        "code": code,
+        "duration_s": round(duration, 3),
+        "rooms": rooms,
+        "messages_out": conn.sent,
+    }
+    log.info("connection %s closed with %s after %.1f s", conn.session, code, duration, extra={"fields": fields})
 
 
 async def _authenticate_first(node: Node, conn: Connection, handshake_token: str | None) -> bool:
@@ -157,6 +175,7 @@ async def _authenticate_first(node: Node, conn: Connection, handshake_token: str
         try:
             first = await ws.receive(timeout=settings.auth_timeout)
         except TimeoutError:
+            node.metrics.auth_failures.add(1, {"jetsock.reason": "timeout"})
             conn.close(CloseCode.UNAUTHENTICATED, "no auth frame within auth_timeout")
             return False
         frame = None
@@ -168,12 +187,14 @@ async def _authenticate_first(node: Node, conn: Connection, handshake_token: str
         elif first.type in _CLOSED:
             return False
         if not isinstance(frame, Auth):
+            node.metrics.auth_failures.add(1, {"jetsock.reason": "missing"})
             conn.close(CloseCode.UNAUTHENTICATED, "the first frame must be auth (or authenticate in the handshake)")
             return False
         token, ref = frame.token, frame.ref
     try:
         principal = await node.verifier.verify(token)
     except AuthError as exc:
+        node.metrics.auth_failures.add(1, {"jetsock.reason": exc.reason})
         conn.close(CloseCode.UNAUTHENTICATED, str(exc))
         return False
     if not node.admit(conn, principal.sub):
@@ -237,6 +258,8 @@ async def _join(node: Node, conn: Connection, frame: Join) -> None:
         result.joined.ref = ref
         conn.send(result.joined)
         node.metrics.joins.add(1)
+        if frame.since is not None:
+            node.metrics.replays.add(1, RECOVERED if result.joined.recovered else NOT_RECOVERED)
         member = result.member
         if result.replay is None and not member.held:
             node.registry.go_live(member)
@@ -278,6 +301,7 @@ async def _leave(node: Node, conn: Connection, frame: Leave) -> None:
         return
     conn.drop_room(frame.room)
     node.registry.leave(conn, frame.room)
+    node.metrics.leaves.add(1)
     conn.send(Left(room=frame.room, ref=frame.ref))
 
 
@@ -287,6 +311,7 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
     assert principal is not None
     bucket = conn.publish_bucket()
     if not bucket.take(time.monotonic()):
+        node.metrics.rate_limit_hits.add(1)
         if bucket.strikes >= node.settings.rate_limit_strikes:
             conn.close(CloseCode.RATE_LIMITED, "publish rate limit exceeded persistently")
         else:
@@ -303,11 +328,10 @@ async def _publish(node: Node, conn: Connection, frame: Publish) -> None:
         conn.error(ErrorCode.TOO_LARGE, f"data is at most {node.settings.max_data_bytes} bytes", ref)
         return
     try:
-        result = await node.broker.publish(room, data, sender=principal.sub, key=frame.id)
+        result = await publish_traced(node, room, data, principal.sub, frame.id, "client")
     except Unavailable as exc:
         conn.error(ErrorCode.UNAVAILABLE, f"not stored, retry: {exc}", ref)
         return
-    node.metrics.messages_in.add(1, {"source": "client"})
     conn.send(Ack(seq=result.seq, duplicate=True if result.duplicate else None, ref=ref))
 
 
@@ -317,6 +341,7 @@ async def _refresh(node: Node, conn: Connection, frame: Refresh) -> None:
     try:
         principal = await node.verifier.verify(frame.token)
     except AuthError as exc:
+        node.metrics.auth_failures.add(1, {"jetsock.reason": exc.reason})
         conn.error(ErrorCode.BAD_REQUEST, f"refresh refused: {exc}", frame.ref)
         return
     if principal.sub != current.sub:
@@ -327,5 +352,6 @@ async def _refresh(node: Node, conn: Connection, frame: Refresh) -> None:
         if not principal.can_join(room):
             conn.drop_room(room)
             node.registry.leave(conn, room)
+            node.metrics.leaves.add(1)
             conn.send(Left(room=room, reason="forbidden"))
     conn.send(Refreshed(exp=principal.exp, ref=frame.ref))
