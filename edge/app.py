@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from core.settings import Settings
-from edge import http_api, pages
+from edge import admin, http_api, pages
 from edge.node import Node
 from edge.session import NODE_KEY, websocket_handler
 
@@ -54,6 +54,7 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     app.router.add_post("/v1/rooms/{room}/messages", http_api.publish)
     app.router.add_post("/v1/subjects/{sub}/disconnect", http_api.disconnect)
     pages.add_routes(app)
+    admin.add_routes(app)
     return app
 
 

@@ -23,7 +23,7 @@ CLIENT_JS = Path(__file__).parents[1] / "clients" / "js"
 DEV_TOKEN_MAX_TTL = 7 * 86400
 
 
-def _file(path: Path, content_type: str) -> web.Response:
+def static_file(path: Path, content_type: str) -> web.Response:
     if not path.is_file():
         raise web.HTTPNotFound(text=f"{path.name} is not installed with this edge\n")
     response = web.Response(body=path.read_bytes(), content_type=content_type)
@@ -32,23 +32,23 @@ def _file(path: Path, content_type: str) -> web.Response:
 
 
 async def client_js(request: web.Request) -> web.Response:
-    return _file(CLIENT_JS / "jetsock.js", "text/javascript")
+    return static_file(CLIENT_JS / "jetsock.js", "text/javascript")
 
 
 async def client_types(request: web.Request) -> web.Response:
-    return _file(CLIENT_JS / "jetsock.d.ts", "text/plain")
+    return static_file(CLIENT_JS / "jetsock.d.ts", "text/plain")
 
 
 async def demo_page(request: web.Request) -> web.Response:
-    return _file(STATIC / "index.html", "text/html")
+    return static_file(STATIC / "index.html", "text/html")
 
 
 async def demo_js(request: web.Request) -> web.Response:
-    return _file(STATIC / "demo.js", "text/javascript")
+    return static_file(STATIC / "demo.js", "text/javascript")
 
 
 async def demo_css(request: web.Request) -> web.Response:
-    return _file(STATIC / "demo.css", "text/css")
+    return static_file(STATIC / "demo.css", "text/css")
 
 
 async def dev_token(request: web.Request) -> web.Response:
