@@ -17,7 +17,7 @@ from bench.conductor import progress
 from bench.machine import describe
 from bench.report import RESULTS, write_report
 from bench.scenarios import FULL, QUICK, SCENARIOS
-from bench.systems import SYSTEMS
+from bench.systems import DEFAULT_SYSTEMS, SYSTEMS
 
 FIXED_KEYS = (
     "scenario",
@@ -63,7 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="every scenario at small scale (under 3 minutes)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
+    parser.add_argument(
+        "--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, of: {', '.join(SYSTEMS)}"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where results go; REPORT.md goes beside it")
     parser.add_argument("--report-only", action="store_true", help="regenerate REPORT.md from the stored results")
     args = parser.parse_args()

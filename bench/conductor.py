@@ -67,7 +67,7 @@ class Run:
         calls = [
             g.call(
                 "open",
-                system=self.system.name,
+                system=self.system.protocol,
                 host=HOST,
                 port=self.system.port,
                 secret=SECRET,

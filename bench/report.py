@@ -113,7 +113,7 @@ def _ratio(figure: Figure, ours: Any, theirs: Any) -> str:
 
 
 def table(scenario: str, systems: dict[str, dict[str, Any]]) -> list[str]:
-    names = [s for s in SYSTEM_ORDER if s in systems] + sorted(set(systems) - set(SYSTEM_ORDER))
+    names = [s for s in SYSTEM_ORDER if s in systems]
     lines = [
         "| figure | " + " | ".join(names) + " | ratio |",
         "| --- | " + " | ".join("---:" for _ in names) + " | --- |",
@@ -158,6 +158,7 @@ def _plot(
 
 
 def plots(results: dict[str, dict[str, dict[str, Any]]], directory: Path) -> list[str]:
+    results = {scenario: {s: r for s, r in runs.items() if s in SYSTEM_ORDER} for scenario, runs in results.items()}
     made = []
     idle = results.get("idle", {})
     made.append(
@@ -253,10 +254,45 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return [*lines, ""]
 
 
+TELEMETRY_VARIANTS = (
+    ("jetsock-telemetry-off", "off: metrics off, no traces"),
+    ("jetsock", "default: metrics for /metrics"),
+    ("jetsock-otlp", "all: metrics and 1% delivery spans pushed over OTLP"),
+)
+
+
+def telemetry_overhead(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Fan-out CPU per delivery with telemetry off, default and all on, rate by rate."""
+    fan = results.get("fanout", {})
+    runs = [(name, label, fan[name]) for name, label in TELEMETRY_VARIANTS if name in fan]
+    if len(runs) < 2 or runs[0][0] != "jetsock-telemetry-off":
+        return []
+    by_rate = [{step["rate"]: step["cpu_us_per_delivery"] for step in run["steps"]} for _n, _l, run in runs]
+    rates = sorted(set.intersection(*(set(steps) for steps in by_rate)))
+    lines = [
+        "## Telemetry's cost on fan-out",
+        "",
+        "Server CPU per delivery (µs) at each publish rate, in one run of each configuration; the overhead is",
+        "against telemetry off, summed over the rates from 20 msg/s up (where the edge is busy).",
+        "",
+        "| configuration | " + " | ".join(f"{r} msg/s" for r in rates) + " | overhead |",
+        "| --- | " + " | ".join("---:" for _ in rates) + " | ---: |",
+    ]
+    busy = [r for r in rates if r >= 20] or rates
+    base = sum(by_rate[0][r] for r in busy)
+    for (_name, label, _run), steps in zip(runs, by_rate, strict=True):
+        overhead = sum(steps[r] for r in busy) / base - 1 if base else 0.0
+        cells = " | ".join(_fmt(steps[r]) for r in rates)
+        lines.append(f"| {label} | {cells} | {'—' if steps is by_rate[0] else f'{overhead:+.1%}'} |")
+    return [*lines, ""]
+
+
 def profiles(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """py-spy's view of one serving process at the fan-out saturation rate, per system."""
     lines: list[str] = []
     for system, result in results.get("fanout", {}).items():
+        if system not in SYSTEM_ORDER:
+            continue
         profile = result.get("profile")
         if not profile or not profile.get("samples"):
             continue
@@ -300,6 +336,7 @@ def write_report(directory: Path = RESULTS) -> Path:
         if scenario in results:
             lines += [f"## {scenario}", "", *table(scenario, results[scenario]), ""]
     lines += targets(results)
+    lines += telemetry_overhead(results)
     lines += profiles(results)
     images = plots(results, base / "plots")
     if images:

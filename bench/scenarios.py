@@ -161,7 +161,9 @@ async def fanout(system: str, scale: Scale) -> dict[str, Any]:
             # deliveries/s stop growing with the rate, or the members fall behind.
             best_so_far = max(s["deliveries_per_s"] for s in steps[:-1]) if len(steps) > 1 else 0
             passed_100ms = any(s.get("p99_ms", 0) > 100 for s in steps)
-            if passed_100ms and (steps[-1]["delivered_fraction"] < 0.8 or steps[-1]["deliveries_per_s"] < 1.1 * best_so_far):
+            if passed_100ms and (
+                steps[-1]["delivered_fraction"] < 0.8 or steps[-1]["deliveries_per_s"] < 1.1 * best_so_far
+            ):
                 break
         best = max(steps, key=lambda s: s["deliveries_per_s"])
         profile = await _profile_at(run, best["rate"], scale.fanout_step)
@@ -273,7 +275,7 @@ async def churn(system: str, scale: Scale) -> dict[str, Any]:
             r["cycles"]
             for r in await run.each(
                 "churn",
-                system=system,
+                system=run.system.protocol,
                 host=HOST,
                 port=run.system.port,
                 secret=SECRET,

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import nats
 import socketio
+from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -37,6 +38,8 @@ HOST = "127.0.0.1"
 
 class System(ABC):
     name = ""
+    protocol = ""
+    """The client protocol its load generators speak (bench.clients.CLIENTS)."""
 
     def __init__(self, workdir: Path, workers: int) -> None:
         self.workdir = workdir
@@ -87,6 +90,7 @@ class System(ABC):
 
 class Jetsock(System):
     name = "jetsock"
+    protocol = "jetsock"
 
     def __init__(self, workdir: Path, workers: int) -> None:
         super().__init__(workdir, workers)
@@ -107,6 +111,7 @@ class Jetsock(System):
             "JETSOCK_DRAIN_SECONDS": "1",
             # The fd hard limit (20,000) less what a worker needs besides client sockets.
             "JETSOCK_MAX_CONNECTIONS": "19900",
+            **await self.telemetry_env(),
         }
         jetsock = Path(sys.executable).parent / "jetsock"
         self.supervisor = subprocess.Popen([str(jetsock), "serve"], env=env, preexec_fn=die_with_parent)
@@ -115,6 +120,10 @@ class Jetsock(System):
             await asyncio.sleep(0.1)
         self.nc = await nats.connect(self.nats.url)
         self.js = self.nc.jetstream()
+
+    async def telemetry_env(self) -> dict[str, str]:
+        """Telemetry as deployed by default: metrics on for /metrics, no OTLP export."""
+        return {}
 
     def server_pids(self) -> list[int]:
         assert self.supervisor is not None
@@ -142,6 +151,7 @@ class Jetsock(System):
 
 class PythonSocketIO(System):
     name = "python-socketio"
+    protocol = "python-socketio"
 
     def __init__(self, workdir: Path, workers: int) -> None:
         super().__init__(workdir, workers)
@@ -205,4 +215,46 @@ class PythonSocketIO(System):
             await asyncio.to_thread(process.wait)
 
 
-SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (Jetsock, PythonSocketIO)}
+class JetsockTelemetryOff(Jetsock):
+    """jetsock with metrics off (and no traces): the baseline for telemetry's cost."""
+
+    name = "jetsock-telemetry-off"
+
+    async def telemetry_env(self) -> dict[str, str]:
+        return {"JETSOCK_METRICS": "false"}
+
+
+class JetsockOtlp(Jetsock):
+    """jetsock with everything on: metrics and sampled traces pushed over OTLP/HTTP to a local sink."""
+
+    name = "jetsock-otlp"
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        super().__init__(workdir, workers)
+        self.sink: web.AppRunner | None = None
+        self.received = 0
+
+    async def telemetry_env(self) -> dict[str, str]:
+        async def accept(request: web.Request) -> web.Response:
+            await request.read()
+            self.received += 1
+            return web.Response(status=200, content_type="application/x-protobuf")
+
+        app = web.Application()
+        app.router.add_post("/v1/{signal}", accept)
+        self.sink = web.AppRunner(app, access_log=None)
+        await self.sink.setup()
+        port = free_port()
+        await web.TCPSite(self.sink, HOST, port).start()
+        return {"JETSOCK_OTLP_ENDPOINT": f"http://{HOST}:{port}", "JETSOCK_TRACE_SAMPLE_RATIO": "0.01"}
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.sink is not None:
+            await self.sink.cleanup()
+
+
+SYSTEMS: dict[str, type[System]] = {
+    cls.name: cls for cls in (Jetsock, PythonSocketIO, JetsockTelemetryOff, JetsockOtlp)
+}
+DEFAULT_SYSTEMS = ("jetsock", "python-socketio")
