@@ -14,7 +14,7 @@ from aiohttp import web
 
 from edge.http_api import admin_principal
 from edge.node import Node
-from edge.pages import STATIC, static_file
+from edge.pages import STATIC, file_handler
 from edge.session import NODE_KEY
 
 TOP = 10
@@ -58,27 +58,12 @@ async def api_state(request: web.Request) -> web.Response:
     return web.json_response(state(node), headers={"Cache-Control": "no-store"})
 
 
-async def page(request: web.Request) -> web.Response:
-    return static_file(STATIC / "admin.html", "text/html")
-
-
-async def script(request: web.Request) -> web.Response:
-    return static_file(STATIC / "admin.js", "text/javascript")
-
-
-async def style(request: web.Request) -> web.Response:
-    return static_file(STATIC / "admin.css", "text/css")
-
-
-async def base_style(request: web.Request) -> web.Response:
-    return static_file(STATIC / "demo.css", "text/css")
-
-
 def add_routes(app: web.Application) -> None:
     if not app[NODE_KEY].settings.admin:
         return
-    app.router.add_get("/admin", page)
-    app.router.add_get("/admin/admin.js", script)
-    app.router.add_get("/admin/admin.css", style)
-    app.router.add_get("/admin/base.css", base_style)
+    app.router.add_get("/admin", file_handler(STATIC / "admin.html", "text/html"))
+    app.router.add_get("/admin/admin.js", file_handler(STATIC / "admin.js", "text/javascript"))
+    app.router.add_get("/admin/admin.css", file_handler(STATIC / "admin.css", "text/css"))
+    # The demo's stylesheet holds the shared look; served here too, for the demo may be off.
+    app.router.add_get("/admin/base.css", file_handler(STATIC / "demo.css", "text/css"))
     app.router.add_get("/admin/api/state", api_state)

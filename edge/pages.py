@@ -8,6 +8,7 @@ secret so the demo works without an identity provider.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +30,15 @@ def static_file(path: Path, content_type: str) -> web.Response:
     response = web.Response(body=path.read_bytes(), content_type=content_type)
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def file_handler(path: Path, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A GET handler serving one static file."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return static_file(path, content_type)
+
+    return handler
 
 
 async def client_js(request: web.Request) -> web.Response:

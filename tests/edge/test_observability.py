@@ -129,10 +129,16 @@ async def test_metrics_move_as_the_traffic_does(make_edge: Any, backend: Any) ->
     await slow.close()
 
 
-async def test_a_backend_traceparent_links_the_delivery_span(make_edge: Any, backend: Any) -> None:
-    edge = await make_edge(trace_sample_ratio=1.0)
+async def traced_edge(make_edge: Any, ratio: float) -> tuple[Edge, InMemorySpanExporter]:
+    """An edge whose spans land in memory, sampling deliveries at `ratio`."""
+    edge: Edge = await make_edge(trace_sample_ratio=ratio)
     spans = InMemorySpanExporter()
     edge.node.tracing = Tracing(edge.node.settings, edge.node.name, exporter=spans)
+    return edge, spans
+
+
+async def test_a_backend_traceparent_links_the_delivery_span(make_edge: Any, backend: Any) -> None:
+    edge, spans = await traced_edge(make_edge, 1.0)
     client = await connect(edge.url, "alice")
     await client.request(type="join", room="traced")
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -161,9 +167,7 @@ async def test_a_backend_traceparent_links_the_delivery_span(make_edge: Any, bac
 
 
 async def test_sampling_keeps_delivery_spans_to_the_ratio(make_edge: Any, backend: Any) -> None:
-    edge = await make_edge(trace_sample_ratio=0.0)
-    spans = InMemorySpanExporter()
-    edge.node.tracing = Tracing(edge.node.settings, edge.node.name, exporter=spans)
+    edge, spans = await traced_edge(make_edge, 0.0)
     client = await connect(edge.url, "alice")
     await client.request(type="join", room="quiet")
     for n in range(20):
