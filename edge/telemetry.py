@@ -137,6 +137,10 @@ class Metrics:
             return b"# metrics are off (JETSOCK_METRICS=false)\n"
         return generate_latest(self._registry)
 
+    def force_flush(self) -> None:
+        """Export now (OTLP); blocks until done, so call it off the event loop."""
+        self._provider.force_flush()
+
     def shutdown(self) -> None:
         self._provider.shutdown()
 

@@ -86,6 +86,11 @@ class Tracing:
         )
         span.end()
 
+    def force_flush(self) -> None:
+        """Export finished spans now; blocks, so call it off the event loop."""
+        if self._provider is not None:
+            self._provider.force_flush()
+
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()

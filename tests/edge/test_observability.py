@@ -11,10 +11,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.embedded import free_port
 from core.jsonlog import JsonFormatter
 from edge.tracing import Tracing
 from tests.conftest import Edge, connect, open_ws, token
@@ -224,3 +228,45 @@ async def test_admin_state_needs_an_admin_token(make_edge: Any) -> None:
     assert state["top_rooms"] == [{"room": "busy", "members": 1}]
     assert state["nats"]["connected"] is True
     await client.close()
+
+
+async def test_otlp_pushes_metrics_and_spans_to_the_collector(make_edge: Any, backend: Any) -> None:
+    """A real OTLP/HTTP endpoint (an aiohttp server decoding the protobuf bodies) receives both signals."""
+    received: dict[str, list[bytes]] = {"metrics": [], "traces": []}
+
+    async def collect(request: web.Request) -> web.Response:
+        received[request.match_info["signal"]].append(await request.read())
+        return web.Response(content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/{signal}", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        edge = await make_edge(otlp_endpoint=f"http://127.0.0.1:{port}", trace_sample_ratio=1.0)
+        client = await connect(edge.url, "alice")
+        await client.request(type="join", room="pushed")
+        await client.send(type="publish", room="pushed", data={"n": 1})
+        await frames_of(client, "msg", 1)
+        # The exporters post from their own threads; the loop must stay free to answer them.
+        await asyncio.to_thread(edge.node.metrics.force_flush)
+        await asyncio.to_thread(edge.node.tracing.force_flush)
+        await client.close()
+        await edge.stop()  # while the collector still answers the exporters' last flush
+    finally:
+        await runner.cleanup()
+    metric_names = set()
+    for body in received["metrics"]:
+        request = ExportMetricsServiceRequest.FromString(body)
+        for resource in request.resource_metrics:
+            for scope in resource.scope_metrics:
+                metric_names |= {metric.name for metric in scope.metrics}
+    assert {"jetsock.connections", "jetsock.joins", "messaging.client.operation.duration"} <= metric_names
+    span_names = set()
+    for body in received["traces"]:
+        for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                span_names |= {span.name for span in scope_spans.spans}
+    assert {"publish pushed", "deliver pushed"} <= span_names
