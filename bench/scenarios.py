@@ -81,9 +81,11 @@ async def idle(system: str, scale: Scale) -> dict[str, Any]:
             await asyncio.sleep(scale.idle_window)
             cpu = run.cpu() - cpu_before
             stats = await run.stats()
+            alive = await _probe(run, count)
             points.append(
                 {
-                    "connections": connected,
+                    "connections": alive,
+                    "handshakes": connected,
                     "attempted": count,
                     "rss_kb_per_conn": round((after - before) / max(connected, 1), 2),
                     "rss_mb": round(after / 1024, 1),
@@ -93,6 +95,24 @@ async def idle(system: str, scale: Scale) -> dict[str, Any]:
             )
     top = points[-1]
     return {**{k: top[k] for k in ("connections", "rss_kb_per_conn", "cpu_ms_per_conn_per_min")}, "points": points}
+
+
+async def _probe(run: Run, count: int) -> int:
+    """Clients that still receive: one numbered message to every room, and who got all of theirs.
+
+    A connection the server accepted but can no longer serve (a process out of
+    file descriptors, a lost broker link) is not a connection held.
+    """
+    rooms = all_rooms("idle", count)
+    await run.each("expect", rooms={room: 1 for room in rooms})
+    await asyncio.gather(*(run.system.publish(room, {"t": time.time() * 1000.0, "n": 1}) for room in rooms))
+    alive = 0
+    for _ in range(100):
+        alive = len((await run.stats())["caught_up_at"])
+        if alive >= count:
+            break
+        await asyncio.sleep(0.1)
+    return alive
 
 
 async def _publish_at(run: Run, room: str, rate: float, seconds: float) -> int:

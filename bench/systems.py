@@ -168,7 +168,9 @@ class PythonSocketIO(System):
     def _start_worker(self) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "bench.peer_socketio", "--port", str(self.port)]
         args += ["--redis", self.redis_url, "--secret", SECRET]
-        return subprocess.Popen(args, preexec_fn=die_with_parent)
+        # Its own log: a peer out of file descriptors logs an error per accept attempt.
+        with open(self.workdir / f"peer-{len(self.processes)}.log", "ab") as log:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     async def start(self) -> None:
         redis_server = shutil.which("redis-server")
