@@ -35,6 +35,8 @@ class JetsockFrame(msgspec.Struct):
     type: str
     room: str = ""
     seq: int = 0
+    node: str = ""
+    recovered: bool = False
     data: Data | None = None
     code: str = ""
 
@@ -64,6 +66,8 @@ class Stats:
         self.acks = 0
         self.lost = 0
         self.duplicates = 0
+        self.duplicate_samples: list[list[object]] = []
+        """The first duplicates seen: room, number, the last number before it, the client's reconnects."""
         self.histogram: dict[int, int] = {}
         self.closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
@@ -79,6 +83,8 @@ class Stats:
             last = client.last_n.get(room, 0)
             if number <= last:
                 self.duplicates += 1
+                if len(self.duplicate_samples) < 20:
+                    self.duplicate_samples.append([room, number, last, client.reconnect_log])
                 return
             if last and number > last + 1:
                 self.lost += number - last - 1
@@ -106,6 +112,7 @@ class Stats:
             "acks": self.acks,
             "lost": self.lost,
             "duplicates": self.duplicates,
+            "duplicate_samples": self.duplicate_samples,
             "histogram": self.histogram,
             "closes": dict(self.closes),
             "errors": dict(self.errors),
@@ -148,18 +155,24 @@ class BenchClient:
         self.caught_up = False
         self.attempt = 0
         self.stopped = False
+        self.reopen_scheduled = False
+        self.reconnect_log: list[object] = []
+        """What happened to this connection since it opened, for a duplicate's report."""
 
     async def open(self, timeout: float = 60.0) -> None:
         """Connect, authenticate and join every room; raise when any step fails."""
         loop = asyncio.get_running_loop()
         self.ready = loop.create_future()
         request = self.request()
+        if self.proto is not None and not self.proto.closed:
+            self.proto.abort()  # one socket per client, ever: a second would deliver everything twice
         self.proto = None
 
         def protocol() -> WsProtocol:
             # Set before any data arrives: the 101 and the first frame may come in one read.
-            self.proto = WsProtocol(request, self.on_text, self.on_close)
-            return self.proto
+            created = WsProtocol(request, self.on_text, lambda code: self._lost(created, code))
+            self.proto = created
+            return created
 
         _transport, proto = await asyncio.wait_for(
             loop.create_connection(
@@ -184,6 +197,11 @@ class BenchClient:
         if self.proto is not None:
             self.proto.close()
 
+    def _lost(self, proto: WsProtocol, code: int | None) -> None:
+        # Only the current socket's end counts: a superseded one must not start a second reconnect loop.
+        if proto is self.proto:
+            self.on_close(code)
+
     def on_close(self, code: int | None) -> None:
         was_ready = self.ready is not None and self.ready.done() and self.ready.exception() is None
         if self.ready is not None and not self.ready.done():
@@ -192,13 +210,17 @@ class BenchClient:
         if was_ready:
             self.stats.connected -= 1
         self.stats.closes[code if code is not None else 1006] += 1
+        self.reconnect_log.append(["close", code])
         if self.stopped or not self.reconnect:
             return
         decision = decide(code)
         if decision.reconnect is Reconnect.NEVER:
             return
+        if self.reopen_scheduled:
+            return
         delay = reconnect_delay(decision, Backoff(), self.attempt, random.random())
         self.attempt += 1
+        self.reopen_scheduled = True
         asyncio.get_running_loop().call_later(delay, self._spawn_reopen)
 
     def _spawn_reopen(self) -> None:
@@ -207,6 +229,7 @@ class BenchClient:
         task.add_done_callback(_background.discard)
 
     async def _reopen(self) -> None:
+        self.reopen_scheduled = False
         if self.stopped:
             return
         try:
@@ -268,6 +291,7 @@ class JetsockClient(BenchClient):
         elif kind == "ack":
             self.stats.acks += 1
         elif kind == "welcome":
+            self.reconnect_log.append(["welcome", frame.node, dict(self.last_seq)])
             self.pending_joins = len(self.rooms)
             assert self.proto is not None
             for room in self.rooms:
@@ -278,6 +302,7 @@ class JetsockClient(BenchClient):
             if not self.rooms and self.ready is not None:
                 self.ready.set_result(None)
         elif kind == "joined":
+            self.reconnect_log.append(["joined", frame.room, frame.seq, frame.recovered, self.last_n.get(frame.room)])
             self.last_seq.setdefault(frame.room, frame.seq)
             self._joined_one()
         elif kind == "error":

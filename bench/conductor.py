@@ -54,6 +54,7 @@ class Run:
         total["closes"] = closes
         total["errors"] = {k: sum(p["errors"].get(k, 0) for p in parts) for p in parts for k in p["errors"]}
         total["caught_up_at"] = sorted(t for p in parts for t in p["caught_up_at"])
+        total["duplicate_samples"] = [d for p in parts for d in p["duplicate_samples"]][:20]
         return total
 
     async def open(self, shape: str, count: int, reconnect: bool = False, sample_every: int = 1) -> int:

@@ -287,6 +287,7 @@ async def storm(system: str, scale: Scale) -> dict[str, Any]:
         "connections": connected,
         "lost": stats["lost"] + stats["behind"],
         "duplicates": stats["duplicates"],
+        "duplicate_samples": stats["duplicate_samples"],
         "published": len(rooms) * scale.storm_per_room,
         "resumed_s": resumed_s,
         "caught_up_clients": len(caught_up),
