@@ -183,7 +183,7 @@ async def main() -> None:
                 edge.wait()
             progress("")
             print(f"\n{name}: {results[name]}", file=sys.stderr)
-    out = Path(__file__).parent / "results" / "first-reading.json"
+    out = Path(__file__).parent / "history" / "first-reading.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
