@@ -151,6 +151,8 @@ class Node:
             for index in range(SWEEP_SLICES):
                 await asyncio.sleep(period / SWEEP_SLICES)
                 self._check(conns[index * per_slice : (index + 1) * per_slice], heartbeat)
+            # The snapshot must not keep closed connections alive through the collection below.
+            del conns
             open_now = len(self.connections)
             if trim_policy.observe(open_now):
                 # Closed connections leave reference cycles (aiohttp's protocol,
