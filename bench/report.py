@@ -294,6 +294,8 @@ def telemetry_overhead(results: dict[str, dict[str, dict[str, Any]]]) -> list[st
     runs = [(name, label, fan[name]) for name, label in TELEMETRY_VARIANTS if name in fan]
     if len(runs) < 2 or runs[0][0] != "jetsock-telemetry-off":
         return []
+    if len({run["machine"].get("scale") for _n, _l, run in runs}) > 1:
+        return []  # a quick run beside a full one: not comparable
     by_rate = [{step["rate"]: step["cpu_us_per_delivery"] for step in run["steps"]} for _n, _l, run in runs]
     rates = sorted(set.intersection(*(set(steps) for steps in by_rate)))
     lines = [
