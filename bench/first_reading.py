@@ -9,7 +9,7 @@
 
 The edge runs as `jetsock serve` in its own process, against a nats-server
 from the wheel; the clients run here, in this process, so their cost is not
-counted. Run: .venv/bin/python bench/first_reading.py [--clients 1000 --messages 300 --idle 5000]
+counted. Run: .venv/bin/python -m bench.first_reading [--clients 1000 --messages 300 --idle 5000]
 """
 
 from __future__ import annotations
@@ -29,23 +29,19 @@ from pathlib import Path
 import aiohttp
 import nats
 
+from bench import procstat
 from core.auth import make_token
 from core.embedded import EmbeddedNats, free_port
 
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return procstat.cpu_seconds([pid])
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return procstat.rss_kb([pid])
 
 
 def progress(text: str) -> None:

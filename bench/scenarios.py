@@ -61,10 +61,6 @@ QUICK = Scale(
 )
 
 
-def latency(histogram: dict[int, int]) -> dict[str, float]:
-    return hist.summary(histogram)
-
-
 async def idle(system: str, scale: Scale) -> dict[str, Any]:
     """RSS per authenticated connection in 2 rooms, and CPU per idle connection per minute (heartbeats)."""
     points = []
@@ -187,7 +183,7 @@ async def fanout(system: str, scale: Scale) -> dict[str, Any]:
                     "infra_cpu_us_per_delivery": round(infra / max(delivered, 1) * 1e6, 2),
                     "cpu_busy": round(cpu / seconds, 2),
                     "delivered_fraction": round(delivered / max(sent * members_now, 1), 3),
-                    **latency(stats["histogram"]),
+                    **hist.summary(stats["histogram"]),
                     "closes": stats["closes"],
                 }
             )
@@ -235,7 +231,7 @@ async def chat(system: str, scale: Scale) -> dict[str, Any]:
         "connections": connected,
         "deliveries_per_s": round(stats["deliveries"] / seconds),
         "cpu_us_per_delivery": round(cpu / max(stats["deliveries"], 1) * 1e6, 2),
-        **latency(stats["histogram"]),
+        **hist.summary(stats["histogram"]),
         "published": sent,
         "acked": stats["acks"],
         "deliveries": stats["deliveries"],
@@ -326,7 +322,7 @@ async def churn(system: str, scale: Scale) -> dict[str, Any]:
         "connections": scale.churn_concurrency * len(run.generators),
         "churn_per_s": round(cycles / seconds, 1),
         "cpu_ms_per_cycle": round(cpu * 1000 / max(cycles, 1), 3),
-        **latency(stats["histogram"]),
+        **hist.summary(stats["histogram"]),
         "failed": stats["failed"],
     }
 

@@ -61,9 +61,9 @@ class System(ABC):
     async def publish(self, room: str, data: dict[str, Any]) -> None:
         """What a backend does to send `data` to everyone in `room`."""
 
-    @abstractmethod
     async def kill_worker(self) -> None:
         """SIGKILL one serving process; it comes back after the same pause for every system."""
+        os.kill(self.server_pids()[0], signal.SIGKILL)
 
     @abstractmethod
     async def stop(self) -> None: ...
@@ -137,9 +137,6 @@ class Jetsock(System):
         assert self.js is not None
         await self.js.publish(f"rooms.{room}", json.dumps(data).encode())
 
-    async def kill_worker(self) -> None:
-        os.kill(self.server_pids()[0], signal.SIGKILL)
-
     async def stop(self) -> None:
         if self.nc is not None:
             await self.nc.close()
@@ -204,9 +201,6 @@ class PythonSocketIO(System):
     async def publish(self, room: str, data: dict[str, Any]) -> None:
         assert self.emitter is not None
         await self.emitter.emit("msg", {"room": room, **data}, room=room, namespace="/")
-
-    async def kill_worker(self) -> None:
-        os.kill(self.server_pids()[0], signal.SIGKILL)
 
     async def stop(self) -> None:
         if self.watchdog is not None:

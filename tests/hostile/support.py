@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 from core.embedded import EmbeddedNats, free_port
 from tests.conftest import SECRET, Client, connect, token, wait_ready
 from tests.hostile.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWS
+from tests.schemas.test_schema import ERROR_CODES  # PROTOCOL.md section 2, stated once
 
 JETSOCK = str(Path(sys.executable).parent / "jetsock")
 
@@ -55,17 +56,6 @@ SERVER_FRAME_TYPES = {
     "refreshed",
     "pong",
     "error",
-}
-ERROR_CODES = {
-    "bad_request",
-    "invalid_room",
-    "forbidden",
-    "not_joined",
-    "too_many_rooms",
-    "too_large",
-    "rate_limited",
-    "unavailable",
-    "internal",
 }
 
 
