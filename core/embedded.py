@@ -9,6 +9,7 @@ SIGKILL, so nothing is left running.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -58,17 +60,48 @@ def die_with_parent() -> None:
             pass
 
 
+CONFIG_NAME = "nats-server.conf"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by the owner only (0600), even if it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)
+
+
 class EmbeddedNats:
-    """A nats-server child process with JetStream and its store under `store_dir`."""
+    """A nats-server child process with JetStream and its store under `store_dir`.
+
+    With `config`, that text is written to `store_dir/nats-server.conf`
+    (readable by its owner only: it may hold passwords) and the server reads
+    it (`-c`); the flags given here (address, port, store) take precedence over
+    the file. `env` is added to the child's environment (a config's `$NAME`
+    references read it). Without a config the server accepts any client:
+    fine for tests, never for anything another local user could reach.
+    """
 
     def __init__(
-        self, store_dir: str | Path, port: int = 0, host: str = "127.0.0.1", extra_args: list[str] | None = None
+        self,
+        store_dir: str | Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
+        config: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
         self.extra_args = extra_args or []
+        self.config = config
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / CONFIG_NAME
 
     @property
     def url(self) -> str:
@@ -78,9 +111,13 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.store_dir / "nats-server.log"
         args = [nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port), "-sd", str(self.store_dir)]
+        if self.config is not None:
+            write_private(self.config_path, self.config)
+            args += ["-c", str(self.config_path)]
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
                 args + self.extra_args,
+                env={**os.environ, **self.env} if self.env else None,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,

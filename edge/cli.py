@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -18,36 +19,59 @@ from core import jsonlog
 from core.auth import make_token
 from core.broker import Unavailable
 from core.embedded import EmbeddedNats
+from core.natsauth import edge_only_server
 from core.settings import Settings, add_flags, load_settings
 from core.stream import StreamMismatch
 from edge.app import serve
 from edge.localcluster import LocalCluster
+from edge.origin import check_entries
 from edge.workers import raise_fd_limit, supervise, worker_index
 
 log = logging.getLogger("jetsock")
 
-DEV_SECRET = "jetsock-development-secret-not-for-production"
-"""The HS256 key `make run` uses when JETSOCK_JWT_SECRET is not set. Development only."""
+DEV_ORIGINS = "self,http://localhost:*,http://127.0.0.1:*"
+"""JETSOCK_ALLOWED_ORIGINS in development mode when it is not set: the demo page's own origin and local dev
+servers on any port, never `*` (any page a developer visits could otherwise open sockets to the edge)."""
 
 
-def _banner(settings: Settings, nats_url: str) -> str:
+def dev_secret() -> str:
+    """A fresh HS256 key for one development run: no key is shared between runs or machines."""
+    return secrets.token_urlsafe(32)
+
+
+def _banner(settings: Settings, nats_url: str, embedded: EmbeddedNats | None, secret_made: bool) -> str:
     token = make_token(settings.jwt_secret, "dev-user", join=[">"], publish=[">"], ttl=7 * 86400)
     base = f"{settings.host}:{settings.port}"
+    if secret_made:
+        secret = f"""Dev secret (HS256 key of this run only, new at every start unless JETSOCK_JWT_SECRET is set):
+  {settings.jwt_secret}"""
+    else:
+        # A key of the developer's own may be shared with other services: it is not printed.
+        secret = "Dev secret: the JETSOCK_JWT_SECRET you set (not printed)."
+    if embedded is not None:
+        nats = f"""{nats_url}  (embedded; it accepts only this edge's own credentials, in
+             {embedded.config_path}: backends publish over HTTP here, or run
+             your own NATS and set JETSOCK_NATS_URL)"""
+    else:
+        nats = nats_url
     return f"""
 jetsock is up.
   Demo chat  http://{base}/     (open it in two tabs; kill and restart jetsock to watch the resume)
   WebSocket  ws://{base}/ws     (subprotocol jetsock.v1; browser client at http://{base}/jetsock.js)
   health     http://{base}/healthz  ready: http://{base}/readyz  metrics: http://{base}/metrics
-  NATS       {nats_url}
+  NATS       {nats}
 
-Dev token (sub dev-user, may join and publish in every room, valid 7 days; dev mode only):
+{secret}
+
+Dev token (sub dev-user, may join and publish in every room, valid 7 days while this secret is in use; dev mode only):
   {token}
 
 Try it:
   # publish over HTTP
   curl -s -X POST http://{base}/v1/rooms/chat.lobby/messages \\
        -H "Authorization: Bearer {token}" -H 'Content-Type: application/json' -d '{{"text":"hello"}}'
-  # listen from a browser console (dev mode accepts any Origin; set JETSOCK_ALLOWED_ORIGINS to restrict):
+  # listen from the browser console of the demo page, http://{base}/ (dev mode accepts WebSockets from
+  # this server's own pages and from http://localhost:* and http://127.0.0.1:*; JETSOCK_ALLOWED_ORIGINS changes it):
   const ws = new WebSocket("ws://{base}/ws", ["jetsock.v1", "bearer.{token}"]);
   ws.onmessage = (e) => console.log(e.data);
   ws.onopen = () => ws.send(JSON.stringify({{type: "join", room: "chat.lobby", since: 0}}));
@@ -68,16 +92,23 @@ def _serve(argv: list[str]) -> int:
     add_flags(parser)
     settings = load_settings(parser.parse_args(argv))
     jsonlog.configure(settings.log_level, settings.log_format)
+    secret_made = False
     if settings.dev:
         # Development conveniences, never applied without --dev / JETSOCK_DEV.
+        # The secret is made once, here: `--workers N` hands it to its workers in JETSOCK_JWT_SECRET.
         dev_overrides: dict[str, str] = {}
-        if not settings.jwt_secret:
-            dev_overrides["jwt_secret"] = DEV_SECRET
+        secret_made = not settings.jwt_secret
+        if secret_made:
+            dev_overrides["jwt_secret"] = dev_secret()
         if not settings.allowed_origins:
-            dev_overrides["allowed_origins"] = "*"
+            dev_overrides["allowed_origins"] = DEV_ORIGINS
         settings = msgspec.structs.replace(settings, **dev_overrides)
     if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
         parser.error("set JETSOCK_JWT_SECRET (or --jwt-secret): client tokens cannot be verified without a key")
+    try:
+        check_entries(settings.origins)
+    except ValueError as exc:
+        parser.error(str(exc))
     raise_fd_limit()
     index = worker_index()
     if index is not None and not settings.node:
@@ -90,22 +121,40 @@ def _serve(argv: list[str]) -> int:
             if port and not _port_free(port):
                 log.warning("port %d is taken; the embedded nats-server takes a free one", port)
                 port = 0
-            embedded = EmbeddedNats(Path(settings.data_dir) / "nats", port=port).start()
+            embedded, credentials = edge_only_server(Path(settings.data_dir) / "nats", port, settings.stream)
+            embedded.start()
             servers = [embedded.url]
-            log.info("embedded nats-server on %s, store in %s", embedded.url, embedded.store_dir)
+            # The edge's own NATS credentials replace any given: there is no other user on this server.
+            settings = msgspec.structs.replace(
+                settings, nats_user=credentials.user, nats_password=credentials.password, nats_token="", nats_creds=""
+            )
+            log.info(
+                "embedded nats-server on %s (only the edge's credentials, in %s), store in %s",
+                embedded.url,
+                embedded.config_path,
+                embedded.store_dir,
+            )
         if settings.workers > 1:
             env = {**os.environ, "JETSOCK_NATS_URL": ",".join(servers), "JETSOCK_JWT_SECRET": settings.jwt_secret}
+            if embedded is not None:
+                for name in ("JETSOCK_NATS_TOKEN", "JETSOCK_NATS_CREDS"):
+                    env.pop(name, None)
+                env.update(JETSOCK_NATS_USER=settings.nats_user, JETSOCK_NATS_PASSWORD=settings.nats_password)
             if settings.dev:
-                print(_banner(settings, ",".join(servers)), flush=True)
+                print(_banner(settings, ",".join(servers), embedded, secret_made), flush=True)
             return supervise(settings.workers, argv, env)
         started: asyncio.Future[None] | None = None
 
         async def main() -> None:
             nonlocal started
             started = asyncio.get_running_loop().create_future()
-            started.add_done_callback(
-                lambda _f: settings.dev and index is None and print(_banner(settings, ",".join(servers)), flush=True)
-            )
+
+            def announce(_started: asyncio.Future[None]) -> None:
+                # Once listening; a worker of `--workers N` leaves the banner to its supervisor.
+                if settings.dev and index is None:
+                    print(_banner(settings, ",".join(servers), embedded, secret_made), flush=True)
+
+            started.add_done_callback(announce)
             await serve(settings, servers, started)
 
         try:
@@ -128,7 +177,10 @@ def _cluster(argv: list[str]) -> int:
     parser.add_argument("--dir", default=".data/cluster", help="where the NATS stores and logs go")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    secret = os.environ.get("JETSOCK_JWT_SECRET") or DEV_SECRET
+    # Like dev mode: a key of this run's own unless one is given, printed below.
+    given = os.environ.get("JETSOCK_JWT_SECRET", "")
+    secret = given or dev_secret()
+    shown = "the JETSOCK_JWT_SECRET you set (not printed)" if given else f"{secret}  (HS256 key of this run only)"
     cluster = LocalCluster(Path(args.dir), port=args.port, edges=args.edges, jwt_secret=secret)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,8 +192,10 @@ def _cluster(argv: list[str]) -> int:
             f"""
 jetsock cluster is up: HAProxy on http://127.0.0.1:{args.port} (round robin, no stickiness)
   edges   {", ".join(f"{e.name} on 127.0.0.1:{e.port}" for e in cluster.edges)}
-  NATS    {", ".join(cluster.nats_urls)}  (JetStream cluster, stream at R3)
+  NATS    {", ".join(cluster.nats_urls)}  (JetStream cluster, stream at R3; accounts of deploy/nats-server.conf:
+          users edge and backend, passwords of this run in {cluster.credentials_path})
   logs    {args.dir}/
+  secret  {shown}
   token   {token}
 Ctrl-C stops all of it.""",
             flush=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from aiohttp import web
 
@@ -13,13 +15,57 @@ from edge.node import Node
 from edge.publishing import publish_traced
 from edge.session import NODE_KEY
 from edge.telemetry import CONTENT_TYPE
-from schemas import CloseCode, ErrorCode
+from schemas import Disconnect, Disconnects, ErrorCode
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+DISCONNECT_BODY_LIMIT = 4096
+"""Largest body of POST /v1/subjects/<sub>/disconnect: {"code": ..., "reason": ...} needs far less."""
+
+
+class BodyError(Exception):
+    """The body could not be read: the status to answer and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def problem(status: int, code: ErrorCode, message: str) -> web.Response:
     return web.json_response({"code": str(code), "message": message}, status=status)
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes | None:
+    """The whole request body, or None when it is longer than `limit` bytes.
+
+    `timeout` is the `body_timeout` setting: a client that stops sending, or a
+    chunked body aiohttp cannot parse (it then waits for more that never
+    comes), must not hold the handler forever.
+
+    `request.content.read(n)` returns what has arrived so far, which for a body
+    sent in several TCP segments (or chunks) is only its beginning: read until
+    the end of the body, and stop as soon as it is over the limit so that a
+    chunked body (which declares no length) cannot make the edge buffer more.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                # read(n) answers b"" only at the end of the body; it never waits for all n bytes.
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyError(408, f"the body did not arrive whole within {timeout:g} s") from None
+    except ConnectionError:
+        # The client went away mid-body: nobody reads the answer, but nothing is logged as a crash.
+        raise BodyError(400, "the connection ended before the body did") from None
 
 
 async def bearer_principal(request: web.Request, node: Node, wanted: str) -> Principal | web.Response:
@@ -50,9 +96,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     node: Node = request.app[NODE_KEY]
-    checks = {"nats": node.broker.connected, "draining": node.draining}
-    status = 200 if node.ready else 503
-    return web.json_response({"ready": node.ready, **checks}, status=status)
+    broker = node.broker
+    # "nats": connected and answering; a hung server stays connected for a while but answers nothing.
+    checks = {"nats": broker.ready, "connected": broker.connected, "draining": node.draining}
+    ready = node.ready
+    return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -75,11 +123,12 @@ async def publish(request: web.Request) -> web.Response:
     if not principal.can_publish(room):
         return problem(403, ErrorCode.FORBIDDEN, f"the token does not allow publishing to {room!r}")
     limit = node.settings.max_data_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        return problem(413, ErrorCode.TOO_LARGE, f"at most {limit} bytes")
+    try:
+        body = await read_body(request, limit, node.settings.body_timeout)
+    except BodyError as exc:
+        return problem(exc.status, ErrorCode.BAD_REQUEST, str(exc))
+    if body is None:
+        return problem(413, ErrorCode.TOO_LARGE, f"the body is over max_data_bytes: at most {limit} bytes")
     if not is_utf8(body):
         return problem(400, ErrorCode.BAD_REQUEST, "the body must be UTF-8 JSON")
     try:
@@ -94,7 +143,8 @@ async def publish(request: web.Request) -> web.Response:
     try:
         result = await publish_traced(node, room, body, principal.sub, key, "http")
     except Unavailable as exc:
-        return problem(503, ErrorCode.UNAVAILABLE, f"not stored, retry: {exc}")
+        # A timeout or a lost connection says nothing about the store: the message may be in the stream.
+        return problem(503, ErrorCode.UNAVAILABLE, f"may have been stored; retry with the same Idempotency-Key: {exc}")
     answer: dict[str, object] = {"seq": result.seq}
     if result.duplicate:
         answer["duplicate"] = True
@@ -116,15 +166,21 @@ async def disconnect(request: web.Request) -> web.Response:
     options: dict[str, object] = {}
     if request.can_read_body:
         try:
-            options = msgspec.json.decode(await request.content.read(4096), type=dict[str, object])
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            body = await read_body(request, DISCONNECT_BODY_LIMIT, node.settings.body_timeout)
+        except BodyError as exc:
+            return problem(exc.status, ErrorCode.BAD_REQUEST, str(exc))
+        if body is None:
+            return problem(413, ErrorCode.TOO_LARGE, f"the body is at most {DISCONNECT_BODY_LIMIT} bytes")
+        try:
+            options = msgspec.json.decode(body, type=dict[str, object])
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return problem(400, ErrorCode.BAD_REQUEST, 'the body must be {"code": 4xxx, "reason": "..."}')
-    code = options.get("code", int(CloseCode.FORBIDDEN))
-    reason = options.get("reason", "disconnected by an operator")
+    code = options.get("code", int(Disconnects.OPERATOR.code))
+    reason = options.get("reason", Disconnects.OPERATOR.reason)
     if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999 or not isinstance(reason, str):
         return problem(400, ErrorCode.BAD_REQUEST, "code must be an integer in 4000-4999, reason a string")
     sub = request.match_info["sub"]
     victims = [c for c in node.connections if c.principal is not None and c.principal.sub == sub]
     for conn in victims:
-        conn.close(code, reason)
+        conn.close(Disconnect(code, reason))
     return web.json_response({"closed": len(victims)})

@@ -2,7 +2,11 @@
 
 Three nats-servers clustered with JetStream (the stream at R3), two edge
 nodes, and HAProxy in front on 127.0.0.1:8080 with the same haproxy.cfg that
-compose.yaml mounts. Every process is started by this one and stops with it.
+compose.yaml mounts. The nats-servers run deploy/nats-server.conf, as compose
+does: the `edge` and `backend` users with their least-privilege permissions
+and passwords made for this run (written, owner-only, to `credentials.env` in
+the work directory), no anonymous clients. Every process is started by this
+one and stops with it.
 The cluster tests drive the same class: kill an edge, drain one, restart one,
 find and kill the stream leader.
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,10 +26,28 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from core.embedded import EmbeddedNats, die_with_parent, free_port, free_ports
+from core.embedded import EmbeddedNats, die_with_parent, free_port, free_ports, write_private
 
 REPO = Path(__file__).parents[1]
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
+NATS_CONF = REPO / "deploy" / "nats-server.conf"
+BACKEND_INBOX = "_INBOX_backend"
+"""The reply-inbox prefix deploy/nats-server.conf lets the backend user subscribe to."""
+BEHIND_PROXY = {
+    # Behind HAProxy every socket comes from HAProxy's address: a per-source limit
+    # would be one limit for all clients. deploy/haproxy.cfg limits per source instead.
+    "JETSOCK_MAX_UNAUTHENTICATED_PER_SOURCE": "0",
+    "JETSOCK_MAX_CONNECTIONS_PER_SOURCE": "0",
+}
+
+
+def cluster_nats_config() -> str:
+    """deploy/nats-server.conf without its store_dir: each server's store is given with -sd
+    (nats-server refuses a store set both ways), and listen is overridden by -a/-p."""
+    text, replaced = re.subn(r"(?m)^\s*store_dir:.*$", "", NATS_CONF.read_text())
+    if replaced != 1:
+        raise RuntimeError(f"{NATS_CONF} should set jetstream.store_dir exactly once")
+    return text
 
 
 def _wait_http(url: str, timeout: float = 30.0) -> None:
@@ -93,6 +117,33 @@ class LocalCluster:
         self.edges: list[EdgeNode] = []
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.monitor_ports: list[int] = []
+        self.edge_password = secrets.token_urlsafe(24)
+        self.backend_password = secrets.token_urlsafe(24)
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.workdir / "credentials.env"
+
+    def nats_url_as(self, user: str, index: int = 0) -> str:
+        """A NATS URL for one server with a user's credentials in it (`edge` or `backend`)."""
+        password = {"edge": self.edge_password, "backend": self.backend_password}[user]
+        return f"nats://{user}:{password}@127.0.0.1:{self.nats[index].port}"
+
+    def edge_env(self) -> dict[str, str]:
+        """The environment of every edge node."""
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")},
+            "JETSOCK_NATS_URL": ",".join(self.nats_urls),
+            "JETSOCK_NATS_USER": "edge",
+            "JETSOCK_NATS_PASSWORD": self.edge_password,
+            "JETSOCK_REPLICAS": "3",
+            "JETSOCK_JWT_SECRET": self.jwt_secret,
+            "JETSOCK_DRAIN_SECONDS": "3",
+            # Pages of this cluster itself and local dev servers, as in dev mode; never `*`.
+            "JETSOCK_ALLOWED_ORIGINS": "self,http://localhost:*,http://127.0.0.1:*",
+            **BEHIND_PROXY,
+            **self.extra_env,
+        }
 
     @property
     def nats_urls(self) -> list[str]:
@@ -104,16 +155,12 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        write_private(
+            self.credentials_path,
+            f"EDGE_PASSWORD={self.edge_password}\nBACKEND_PASSWORD={self.backend_password}\n",
+        )
         self._start_nats()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")},
-            "JETSOCK_NATS_URL": ",".join(self.nats_urls),
-            "JETSOCK_REPLICAS": "3",
-            "JETSOCK_JWT_SECRET": self.jwt_secret,
-            "JETSOCK_DRAIN_SECONDS": "3",
-            "JETSOCK_ALLOWED_ORIGINS": "*",
-            **self.extra_env,
-        }
+        env = self.edge_env()
         for i in range(self.edge_count):
             edge = EdgeNode(f"edge-{i + 1}", free_port(), env, self.workdir / f"edge-{i + 1}.log")
             self.edges.append(edge.start())
@@ -124,10 +171,14 @@ class LocalCluster:
         ports = free_ports(9)
         client_ports, cluster_ports, self.monitor_ports = ports[0:3], ports[3:6], ports[6:9]
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+        config = cluster_nats_config()
+        passwords = {"EDGE_PASSWORD": self.edge_password, "BACKEND_PASSWORD": self.backend_password}
         for i in range(3):
             server = EmbeddedNats(
                 self.workdir / f"nats-{i + 1}",
                 port=client_ports[i],
+                config=config,
+                env=passwords,
                 extra_args=[
                     "--server_name",
                     f"nats-{i + 1}",

@@ -3,13 +3,19 @@
 `/jetsock.js` is always served (apps load the client from the node they talk
 to). The demo at `/` is on with the `demo` setting (and in `make run`).
 `/dev/token` exists only in development mode: it signs tokens with the dev
-secret so the demo works without an identity provider.
+secret (random for each run unless JETSOCK_JWT_SECRET is set) so the demo
+works without an identity provider. It answers only requests whose Host is
+`localhost` or an IP address: a page on a DNS name that rebinds to 127.0.0.1
+could otherwise fetch tokens from it as its own origin.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -22,6 +28,7 @@ CLIENT_JS = Path(__file__).parents[1] / "clients" / "js"
 """The browser client's source; the edge serves it as is (no build step)."""
 
 DEV_TOKEN_MAX_TTL = 7 * 86400
+DEV_TOKEN_TTL = 3600
 
 
 def static_file(path: Path, content_type: str) -> web.Response:
@@ -64,15 +71,52 @@ async def demo_css(request: web.Request) -> web.Response:
 async def dev_token(request: web.Request) -> web.Response:
     """GET /dev/token?sub=alice[&ttl=seconds]: a token that may join and publish everywhere."""
     settings = request.app[NODE_KEY].settings
+    if not rebinding_safe_host(request.host):
+        raise web.HTTPForbidden(
+            text="/dev/token answers only on localhost or an IP address (open the demo at http://localhost:<port>/)\n"
+        )
     sub = request.query.get("sub", "")
     if not is_valid_room(sub) or "." in sub:
         raise web.HTTPBadRequest(text="sub must be a name of [A-Za-z0-9_-]\n")
-    try:
-        ttl = min(float(request.query.get("ttl", 3600)), DEV_TOKEN_MAX_TTL)
-    except ValueError:
-        raise web.HTTPBadRequest(text="ttl must be a number of seconds\n") from None
+    ttl = dev_token_ttl(request.query.get("ttl"))
+    if ttl is None:
+        raise web.HTTPBadRequest(text=f"ttl must be a number of seconds from 1 to {DEV_TOKEN_MAX_TTL}\n")
     token = make_token(settings.jwt_secret, sub, join=[">"], publish=[">"], ttl=ttl)
     return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
+
+
+def dev_token_ttl(text: str | None) -> float | None:
+    """The ttl query parameter in seconds, or None when it is not a number from 1 to DEV_TOKEN_MAX_TTL.
+
+    float() reads "nan", "inf" and "1e400" too: each of them, like 0, a negative
+    or a ttl past the maximum, is refused rather than clamped or signed.
+    """
+    if text is None:
+        return DEV_TOKEN_TTL
+    try:
+        ttl = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(ttl) or not 1 <= ttl <= DEV_TOKEN_MAX_TTL:
+        return None
+    return ttl
+
+
+def rebinding_safe_host(host: str) -> bool:
+    """True for a Host header naming localhost or an IP address, which DNS rebinding cannot take over."""
+    try:
+        name = urlsplit("//" + host).hostname
+    except ValueError:
+        return False
+    if not name:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def add_routes(app: web.Application) -> None:

@@ -19,7 +19,7 @@ import nats
 import pytest
 
 import jetsock
-from edge.localcluster import LocalCluster
+from edge.localcluster import BACKEND_INBOX, LocalCluster
 from tests.conftest import SECRET, token
 from tests.edge.checker import stored_seqs
 
@@ -82,7 +82,15 @@ async def test_faults_through_a_real_load_balancer(cluster: LocalCluster) -> Non
     nodes = {w.nodes[0] for w in watchers if w.nodes}
     assert len(nodes) == 2, f"round robin should use both edges: {nodes}"
 
-    nc = await nats.connect(cluster.nats_urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    # A backend as deploy/nats-server.conf admits one: its own user, its own reply inboxes.
+    nc = await nats.connect(
+        cluster.nats_urls,
+        user="backend",
+        password=cluster.backend_password,
+        inbox_prefix=BACKEND_INBOX,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+    )
     js = nc.jetstream(timeout=2)
     acked: dict[str, list[int]] = {room: [] for room in ROOMS}
     publishing = asyncio.Event()
@@ -109,7 +117,9 @@ async def test_faults_through_a_real_load_balancer(cluster: LocalCluster) -> Non
     report: dict[str, Any] = {"clients": CLIENTS, "rooms": len(ROOMS)}
 
     def alive_url() -> str:
-        return next(n.url for n in cluster.nats if n.process is not None and n.process.poll() is None)
+        """A running server, as the edge user (reading the stream is the edge's right, not a backend's)."""
+        alive = next(i for i, n in enumerate(cluster.nats) if n.process is not None and n.process.poll() is None)
+        return cluster.nats_url_as("edge", alive)
 
     async def resumed_after(fault_at: float) -> dict[str, Any]:
         """Time from the fault until every client holds every message stored up to 1 s after it."""

@@ -31,6 +31,9 @@ COMPOSE = REPO / "compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
+NATS_CONF = REPO / "deploy" / "nats-server.conf"
+PER_SOURCE = ("max_unauthenticated_per_source", "max_connections_per_source")
+"""Edge limits per client address: 0 behind a proxy (every socket has its address), enforced by the proxy."""
 
 NATS_SERVICES = ["nats-1", "nats-2", "nats-3"]
 SETTING_NAME = re.compile(r"\bJETSOCK_[A-Z0-9_]+\b")
@@ -300,6 +303,24 @@ def test_every_jetsock_variable_is_a_setting() -> None:
     assert set(environment("edge")) <= settings
 
 
+def mounts(name: str) -> dict[str, str]:
+    """A service's volumes and bind mounts: container path -> source."""
+    found = {}
+    for volume in service(name).get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        found[target] = source
+    return found
+
+
+def nats_config_file(name: str) -> Path:
+    """The file a NATS service reads with -c: the host side of its bind mount."""
+    command = service(name)["command"]
+    inside = command[command.index("-c") + 1]
+    source = mounts(name)[inside]
+    assert source.startswith("./"), f"{name} reads {inside}, which is no file of the repository"
+    return REPO / source
+
+
 def test_nats_cluster_of_three_with_jetstream() -> None:
     routes = {f"nats://{name}:6222" for name in NATS_SERVICES}
     for name in NATS_SERVICES:
@@ -316,13 +337,28 @@ def test_nats_cluster_of_three_with_jetstream() -> None:
         assert flag("-cluster_name") == "jetsock"
         assert flag("-cluster") == "nats://0.0.0.0:6222"
         assert set(flag("-routes").split(",")) == routes
-        store = flag("-sd")
-        assert any(str(v).split(":")[1] == store for v in svc["volumes"]), "the store is on a volume"
+        # The store is the config's (nats-server refuses -sd beside a store_dir in the file), on a volume.
+        assert "-sd" not in command and "--store_dir" not in command
+        (store,) = re.findall(r'(?m)^\s*store_dir:\s*"?([^"\s]+)"?', nats_config_file(name).read_text())
+        assert any(store == target or store.startswith(target + "/") for target in mounts(name)), store
         monitor = flag("-m")
         test = svc["healthcheck"]["test"]
         assert test[0] == "CMD"
         assert f"127.0.0.1:{monitor}/healthz?js-enabled-only=true" in " ".join(test)
         assert str(svc["volumes"][0]).split(":")[0] in compose()["volumes"]
+
+
+def test_nats_services_run_the_deploy_config_with_required_passwords() -> None:
+    for name in NATS_SERVICES:
+        assert nats_config_file(name).resolve() == NATS_CONF, "the file tests/core/test_natsconn.py checks"
+        volume = next(str(v) for v in service(name)["volumes"] if str(v).startswith("./deploy/nats-server.conf:"))
+        assert volume.endswith(":ro")
+        env = environment(name)
+        for variable in ("EDGE_PASSWORD", "BACKEND_PASSWORD"):
+            assert env[variable].startswith(f"${{{variable}:?"), f"{name}: {variable} is required, never defaulted"
+    text = NATS_CONF.read_text()
+    assert "$EDGE_PASSWORD" in text and "$BACKEND_PASSWORD" in text
+    assert "no_auth_user" not in text and "authorization" not in text, "no anonymous or shared access"
 
 
 def test_edge_service() -> None:
@@ -333,6 +369,8 @@ def test_edge_service() -> None:
     assert env["JETSOCK_REPLICAS"] == "3"
     assert env["JETSOCK_NATS_URL"].split(",") == [f"nats://{name}:4222" for name in NATS_SERVICES]
     assert env["JETSOCK_JWT_SECRET"].startswith("${JETSOCK_JWT_SECRET:?"), "the secret is required, never defaulted"
+    assert env["JETSOCK_NATS_USER"] == "edge"
+    assert env["JETSOCK_NATS_PASSWORD"].startswith("${EDGE_PASSWORD:?"), "the NATS password is required"
     assert "JETSOCK_HOST" not in env or env["JETSOCK_HOST"] == "0.0.0.0"
     assert {name: dep["condition"] for name, dep in edge["depends_on"].items()} == dict.fromkeys(
         NATS_SERVICES, "service_healthy"
@@ -422,7 +460,9 @@ def haproxy_lines() -> list[list[str]]:
 def test_haproxy_balances_round_robin_without_stickiness() -> None:
     lines = haproxy_lines()
     assert ["balance", "roundrobin"] in lines
-    assert not [w for w in lines if w[0] in ("cookie", "appsession") or w[0].startswith("stick")], "no stickiness"
+    # A stick table may count connections per source (the frontend's limits); nothing may route by it.
+    assert not [w for w in lines if w[0] in ("cookie", "appsession", "stick", "hash-type")], "no stickiness"
+    assert "stick-table" not in [w[0] for w in haproxy_section("backend", "edges")], "no stick table in the backend"
     assert not [w for w in lines if "cookie" in w], "no cookie on a server line either"
     tunnel = [w[2] for w in lines if w[:2] == ["timeout", "tunnel"]]
     assert tunnel and seconds(tunnel[0]) >= 3600
@@ -434,6 +474,45 @@ def test_haproxy_balances_round_robin_without_stickiness() -> None:
     default_server = next(w for w in lines if w[0] == "default-server")
     assert default_server[1:] == ["inter", "1s", "fall", "2", "rise", "2"]
     assert ["mode", "http"] in lines
+
+
+def haproxy_section(kind: str, name: str) -> list[list[str]]:
+    """The lines (as words) of one `frontend`/`backend` section of haproxy.cfg."""
+    section: list[list[str]] | None = None
+    found: list[list[str]] = []
+    for words in haproxy_lines():
+        if words[0] in ("global", "defaults", "frontend", "backend", "resolvers", "listen"):
+            section = found if words[:2] == [kind, name] else None
+            continue
+        if section is not None and not words[0].startswith("."):
+            section.append(words)
+    assert found, f"no {kind} {name} in haproxy.cfg"
+    return found
+
+
+def test_haproxy_limits_each_source_as_the_edges_would() -> None:
+    """The edges behind HAProxy run without per-source limits; HAProxy applies them, with the edges' defaults."""
+    docs = field_docs()
+    frontend = haproxy_section("frontend", "jetsock")
+    (table,) = [w for w in frontend if w[0] == "stick-table"]
+    stored = table[table.index("store") + 1].split(",")
+    assert "conn_cur" in stored and any(s.startswith("conn_rate(") for s in stored), table
+    assert ["tcp-request", "connection", "track-sc0", "src"] in frontend
+    rejects = {" ".join(w[4:]) for w in frontend if w[:4] == ["tcp-request", "connection", "reject", "if"]}
+    assert f"{{ sc0_conn_cur gt {docs['max_connections_per_source'][1]} }}" in rejects, rejects
+    assert any(r.startswith("{ sc0_conn_rate gt ") for r in rejects), rejects
+    (head,) = [w[2] for w in haproxy_lines() if w[:2] == ["timeout", "http-request"]]
+    assert seconds(head) == docs["handshake_timeout"][1], "slowloris: the edge's own handshake_timeout"
+
+
+def test_edges_behind_a_proxy_leave_per_source_limits_to_it() -> None:
+    from edge.localcluster import LocalCluster
+
+    compose_env = environment("edge")
+    local_env = LocalCluster(REPO / ".data" / "unused").edge_env()
+    for name in PER_SOURCE:
+        assert compose_env[env_name(name)] == "0", f"compose.yaml: {env_name(name)}"
+        assert local_env[env_name(name)] == "0", f"edge/localcluster.py: {env_name(name)}"
 
 
 def haproxy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -299,6 +299,16 @@ def test_edge_deployment(chart: Any, render: Callable[..., Rendered]) -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_edges_behind_the_ingress_leave_per_source_limits_to_it(case: str, render: Callable[..., Rendered]) -> None:
+    """Behind the Service and ingress every socket has the proxy's address: per-source limits are off on the edges
+    (in every case: values given under `config` merge with the chart's)."""
+    config = render(CASES[case]).edge_config
+    for name in ("max_unauthenticated_per_source", "max_connections_per_source"):
+        assert config[env_name(name)] == "0", (case, name)
+    assert load_settings(environ=dict(config)).max_connections_per_source == 0
+
+
 def test_grace_period_follows_drain_and_close_timeout(render: Callable[..., Rendered]) -> None:
     rendered = render(EVERYTHING)
     spec = rendered.one("Deployment")["spec"]["template"]["spec"]

@@ -1,0 +1,70 @@
+"""`jetsock cluster` (`make cluster`) as a developer runs it: a secret of its own per run, printed with a
+token that verifies under it; NATS with deploy/nats-server.conf's accounts, closed to anonymous clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jwt
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from core.embedded import free_port
+from tests.conftest import connect
+from tests.edge.devserver import JETSOCK
+
+
+async def start_cluster(workdir: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
+    port = free_port()
+    log = workdir / "cluster.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [JETSOCK, "cluster", "--port", str(port), "--dir", str(workdir / "cluster")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 90
+    while "Ctrl-C stops all of it." not in log.read_text():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        await asyncio.sleep(0.2)
+    return process, log, port
+
+
+async def test_cluster_prints_its_own_secret_and_refuses_anonymous_nats(tmp_path: Path) -> None:
+    process, log, port = await start_cluster(tmp_path)
+    try:
+        text = log.read_text()
+        secret = re.search(r"\n  secret  (\S+)  \(HS256 key of this run only\)", text)
+        token = re.search(r"\n  token   (eyJ[\w-]+\.[\w-]+\.[\w-]+)", text)
+        nats_urls = re.search(r"\n  NATS    (\S+)", text)
+        assert secret and token and nats_urls, text
+        assert len(secret.group(1)) >= 32
+        assert jwt.decode(token.group(1), secret.group(1), algorithms=["HS256"])["sub"] == "dev-user"
+        client = await connect(f"ws://127.0.0.1:{port}/ws", tok=token.group(1))
+        await client.close()
+        url = nats_urls.group(1).split(",")[0]
+        nc = NATS()
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nc.connect(url, allow_reconnect=False, connect_timeout=2)
+        if nc._transport is not None:
+            nc._transport.close()
+        credentials = (tmp_path / "cluster" / "credentials.env").read_text()
+        assert (tmp_path / "cluster" / "credentials.env").stat().st_mode & 0o077 == 0
+        password = re.search(r"^BACKEND_PASSWORD=(\S+)$", credentials, re.MULTILINE)
+        assert password
+        backend = await nats.connect(url, user="backend", password=password.group(1), allow_reconnect=False)
+        await backend.close()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        assert await asyncio.to_thread(process.wait, 60) == 0
