@@ -16,7 +16,7 @@ from aiohttp import web
 from core.auth import make_token
 from core.embedded import EmbeddedNats, free_port
 from core.settings import Settings, load_settings
-from edge.app import PathOnlyAccessLogger, build_app
+from edge.app import build_app, make_runner
 from edge.node import Node
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -51,9 +51,7 @@ class Edge:
         return f"http://127.0.0.1:{self.settings.port}"
 
     async def start(self) -> Edge:
-        self.runner = web.AppRunner(
-            build_app(self.node, self.servers), access_log_class=PathOnlyAccessLogger, shutdown_timeout=5
-        )
+        self.runner = make_runner(build_app(self.node, self.servers), shutdown_timeout=5)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.settings.port).start()
         return self
