@@ -1,7 +1,13 @@
 """The broker: one NATS connection serving publish, head, replay and live feeds.
 
 Everything an edge node needs from JetStream goes through here, so `edge/`
-never imports nats. Room names are validated by the caller (core.rooms).
+never imports nats: the node asks the broker to watch and unwatch rooms (the
+live feeds deliver to the listener it was given), to publish, and to replay.
+Room names are validated by the caller (core.rooms).
+
+The broker also says whether NATS answers (`ready`): a probe pings the
+server whenever nothing else has answered for a second, and any request that
+times out marks it silent until the next answer (core.health).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from nats.js.errors import NoStreamResponseError
 
 from core.feed import FeedListener, LiveFeeds
 from core.fetch import Batch, FetchError, RoomFetcher
+from core.health import PROBE_INTERVAL, BrokerHealth
 from core.natsconn import PlainTextRefused, StrictTlsClient, connect_options
+from core.position import Position
 from core.rooms import room_subject
 from core.settings import Settings
 from core.stored import FROM_HEADER, ID_HEADER, MSG_ID_HEADER, StoredMessage
@@ -43,18 +51,25 @@ class ReplaySlots:
         self.in_flight = 0
         self.peak = 0
 
-    async def fetch(self, fetcher: RoomFetcher, room: str, after: int, batch: int, up_to: int) -> Batch:
+    async def fetch(
+        self, fetcher: RoomFetcher, room: str, after: int, batch: int, up_to: int, max_bytes: int = 0
+    ) -> Batch:
         async with self._semaphore:
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
             try:
-                return await fetcher.fetch(room, after, batch, up_to)
+                return await fetcher.fetch(room, after, batch, up_to, max_bytes)
             finally:
                 self.in_flight -= 1
 
 
 class Unavailable(Exception):
     """NATS or the stream cannot serve the request now; the client may retry."""
+
+
+class PublishUncertain(Unavailable):
+    """A publish was sent but not acknowledged (a timeout, a disconnect): it may have been
+    stored, so a retry must carry the same id to be stored once."""
 
 
 class PublishResult:
@@ -74,7 +89,7 @@ class Replay:
     client between batches.
     """
 
-    __slots__ = ("_after", "_fetcher", "_first", "_room", "_slots", "_upper", "recovered")
+    __slots__ = ("_after", "_fetcher", "_first", "_max_bytes", "_room", "_slots", "_upper", "recovered")
 
     def __init__(
         self,
@@ -85,6 +100,7 @@ class Replay:
         upper: int = 0,
         fetcher: RoomFetcher | None = None,
         slots: ReplaySlots | None = None,
+        max_bytes: int = 0,
     ) -> None:
         self.recovered = recovered
         self._first = first or []
@@ -93,6 +109,7 @@ class Replay:
         self._upper = upper
         self._fetcher = fetcher
         self._slots = slots
+        self._max_bytes = max_bytes
 
     async def batches(self) -> AsyncIterator[list[StoredMessage]]:
         """Every message in (since, upper]; `upper` is a room message's seq (the
@@ -111,7 +128,9 @@ class Replay:
                     raise Unavailable("the stream replica answering is behind; retry")
                 await asyncio.sleep(LAG_PAUSE * lagging)
             try:
-                got = await self._slots.fetch(self._fetcher, self._room, last, REPLAY_BATCH, self._upper)
+                got = await self._slots.fetch(
+                    self._fetcher, self._room, last, REPLAY_BATCH, self._upper, self._max_bytes
+                )
             except FetchError as exc:
                 raise Unavailable(str(exc)) from None
             batch = got.messages
@@ -146,13 +165,15 @@ class Broker:
         self.epoch = ""
         self._closing = False
         self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
-        self._audit: asyncio.Task[None] | None = None
+        self.health = BrokerHealth(settings.nats_unready_after)
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle --------------------------------------------------------
 
     async def connect(self, servers: list[str], name: str) -> None:
         client = StrictTlsClient()
         self.nc = client
+        settings = self.settings
         try:
             # nats-py can wait forever after a failed TLS handshake: bound the first connect.
             await asyncio.wait_for(
@@ -161,12 +182,14 @@ class Broker:
                     name=name,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, takes seconds as float
+                    ping_interval=settings.nats_ping_interval,  # type: ignore[arg-type]  # seconds as float
+                    max_outstanding_pings=settings.nats_max_outstanding_pings,
                     reconnected_cb=self._on_reconnected,
                     disconnected_cb=self._on_disconnected,
                     error_cb=self._on_error,
-                    **connect_options(self.settings),
+                    **connect_options(settings),
                 ),
-                self.settings.nats_connect_timeout,
+                settings.nats_connect_timeout,
             )
         except (TimeoutError, PlainTextRefused) as exc:
             await client.close()
@@ -176,26 +199,34 @@ class Broker:
                 ) from None
             where = ", ".join(map(redacted, servers))
             raise Unavailable(
-                f"could not connect to NATS at {where} within {self.settings.nats_connect_timeout:g} s"
+                f"could not connect to NATS at {where} within {settings.nats_connect_timeout:g} s"
             ) from exc
-        self._js = self.nc.jetstream(timeout=5)
-        info = await ensure_stream(self._js, self.settings)
+        self.health.answered()
+        self._js = self.nc.jetstream(timeout=settings.nats_request_timeout)
+        info = await ensure_stream(self._js, settings)
         self.epoch = epoch_of(info)
-        self._fetcher = RoomFetcher(self.nc, self.settings.stream)
+        self._fetcher = RoomFetcher(self.nc, settings.stream, settings.nats_request_timeout, self.health)
         await self._fetcher.start()
         self._feeds = LiveFeeds(self.nc, self._fetcher, self._listener)
-        self._audit = asyncio.get_running_loop().create_task(self._feeds.audit_loop(self.settings.audit_interval))
+        self._feeds.note_stored(info.state.last_seq)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._audit_loop()), loop.create_task(self._probe_loop())]
 
     async def close(self) -> None:
         self._closing = True
-        if self._audit is not None:
-            self._audit.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
     @property
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and NATS answered within `nats_unready_after` with no request timed out since."""
+        return self.connected and self.health.answering
 
     @property
     def feeds(self) -> LiveFeeds:
@@ -206,6 +237,13 @@ class Broker:
         """(gap repairs started, messages they fetched); zeros before connect."""
         feeds = self._feeds
         return (feeds.repairs, feeds.repaired_messages) if feeds is not None else (0, 0)
+
+    def refused_live(self) -> dict[str, int]:
+        """Live messages not delivered, by why: malformed headers, unconfirmed jumps, handler failures."""
+        feeds = self._feeds
+        if feeds is None:
+            return {"malformed": 0, "unconfirmed": 0}
+        return {"malformed": feeds.malformed + self.fetcher.malformed, "unconfirmed": feeds.unconfirmed}
 
     @property
     def fetcher(self) -> RoomFetcher:
@@ -221,6 +259,7 @@ class Broker:
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
+        self.health.answered()
         log.info("NATS reconnected; repairing %d active rooms", len(self.feeds))
         try:
             await self._check_epoch()
@@ -240,9 +279,40 @@ class Broker:
         for room in self.feeds.rooms():
             head = await self.fetcher.head(room)
             self.feeds.rebase(room, head)
-            self._listener.reset(room, epoch, head)
+            self._listener.reset(room, Position(head, epoch))
 
-    # --- live feeds -------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        """Ping NATS whenever nothing else answered for a probe interval (core.health)."""
+        assert self.nc is not None
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if not self.connected or not self.health.probe_due():
+                continue
+            try:
+                await self.nc.flush(timeout=self.settings.nats_unready_after)  # type: ignore[arg-type]
+            except Exception as exc:  # nats-py: a timeout, or the connection going away meanwhile
+                log.debug("NATS did not answer a probe: %s", type(exc).__name__)
+                self.health.missed()
+            else:
+                self.health.answered()
+
+    async def _audit_loop(self) -> None:
+        """Every `audit_interval` s: the stream's last sequence (the feeds' ceiling), then each room's head."""
+        assert self._js is not None
+        while True:
+            await asyncio.sleep(self.settings.audit_interval)
+            if not self.connected:
+                continue
+            try:
+                info = await self._js.stream_info(self.settings.stream)
+                self.feeds.note_stored(info.state.last_seq)
+                await self.feeds.audit_once()
+            except FetchError as exc:
+                log.debug("audit skipped: %s", exc)
+            except Exception as exc:  # nats-py: timeouts, disconnects
+                log.debug("audit skipped: %s", type(exc).__name__)
+
+    # --- rooms the node follows --------------------------------------------
 
     async def watch(self, room: str) -> int:
         """Make sure the room's live feed runs on this node; its cursor once live."""
@@ -250,11 +320,26 @@ class Broker:
             # A new feed needs the room's head from the stream: fail now, not at a timeout.
             raise Unavailable("NATS is not connected")
         try:
-            return await self.feeds.watch(room)
+            await self.feeds.watch(room)
         except FetchError as exc:
             raise Unavailable(str(exc)) from None
         except Exception as exc:  # nats-py: timeouts, connection closed, flush failures
             raise Unavailable(f"cannot follow room {room!r}: {type(exc).__name__}") from exc
+        # Read after the feed is live: everything stored after it reaches the listener.
+        return self.cursor(room)
+
+    def unwatch(self, room: str) -> None:
+        """Stop following the room on this node (its last member left, and the grace period passed)."""
+        if self._feeds is not None:
+            self._feeds.unwatch(room)
+
+    def cursor(self, room: str) -> int:
+        """The last seq the room's feed delivered on this node; 0 when the room is not watched."""
+        feeds = self._feeds
+        return feeds.cursor(room) if feeds is not None and room in feeds else 0
+
+    def watching(self, room: str) -> bool:
+        return self._feeds is not None and room in self._feeds
 
     # --- publish ----------------------------------------------------------
 
@@ -269,7 +354,9 @@ class Broker:
     ) -> PublishResult:
         """Store `data` (valid JSON) in the room; the ack's sequence is its `seq`.
 
-        `trace` holds W3C trace-context headers (traceparent) to store with it."""
+        `trace` holds W3C trace-context headers (traceparent) to store with it.
+        Raises Unavailable when nothing was sent, PublishUncertain when the
+        publish went out but no acknowledgement came back."""
         assert self._js is not None
         if not self.connected:
             # nats-py would buffer the publish until reconnected; answer at once instead.
@@ -283,36 +370,49 @@ class Broker:
         try:
             ack = await self._js.publish(room_subject(room), data, headers=headers or None)
         except NoStreamResponseError:
-            raise Unavailable("the stream did not answer") from None
-        except Exception as exc:  # timeouts, disconnects: all mean "not stored, retry"
-            raise Unavailable(f"publish failed: {type(exc).__name__}") from exc
+            raise PublishUncertain("the stream did not answer") from None
+        except Exception as exc:  # timeouts, disconnects: the publish may or may not be stored
+            if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError is one too
+                self.health.missed()
+            raise PublishUncertain(f"publish failed: {type(exc).__name__}") from exc
+        self.health.answered()
+        if self._feeds is not None:
+            self._feeds.note_stored(ack.seq)
         return PublishResult(ack.seq, bool(ack.duplicate))
 
     # --- replay -----------------------------------------------------------
 
-    async def replay(self, room: str, since: int, up_to: int) -> Replay:
-        """The replay of `room` for seq in (`since`, `up_to`], or recovered=False.
+    async def replay(self, room: str, since: Position, up_to: int) -> Replay:
+        """The replay of `room` for seq in (`since.seq`, `up_to`], or recovered=False.
 
-        `since` is always a sequence the server handed out for this room (a
-        delivered `seq`, or `joined.seq`, itself a room message's seq or 0).
-        While that message is still stored, everything after it is too
-        (streams discard oldest first), so the replay is complete. When it is
-        gone, later ones may have expired with it: not recoverable.
+        `since` is always a position the server handed out for this room (a
+        delivered `seq`, or `joined.seq`, itself a room message's seq or 0)
+        under `since.epoch`; under another epoch it means nothing. While that
+        message is still stored, everything after it is too (streams discard
+        oldest first), so the replay is complete. When it is gone, later ones
+        may have expired with it: not recoverable.
         """
+        if since.epoch != self.epoch:
+            return Replay(False)
         limit = self.settings.max_replay
-        upper = max(up_to, since)
+        after = since.seq
+        upper = max(up_to, after)
+        # A batch held for a client that reads slowly is bounded like its outbox (issue: stalled joiners).
+        max_bytes = max(1, self.settings.max_pending_bytes // 4)
         try:
-            if since == 0:
+            if after == 0:
                 if not await self._nothing_discarded(room):
                     return Replay(False)
-                first = await self.replay_slots.fetch(self.fetcher, room, 0, min(limit + 1, REPLAY_BATCH), upper)
+                first = await self.replay_slots.fetch(
+                    self.fetcher, room, 0, min(limit + 1, REPLAY_BATCH), upper, max_bytes
+                )
                 messages = first.messages
             else:
                 for lagging in range(LAG_RETRIES + 1):
                     first = await self.replay_slots.fetch(
-                        self.fetcher, room, since - 1, min(limit + 2, REPLAY_BATCH), upper
+                        self.fetcher, room, after - 1, min(limit + 2, REPLAY_BATCH), upper, max_bytes
                     )
-                    if first.messages and first.messages[0].seq == since:
+                    if first.messages and first.messages[0].seq == after:
                         break
                     # Gone, or not yet on the replica that answered: ask again before concluding.
                     await asyncio.sleep(LAG_PAUSE * (lagging + 1))
@@ -323,7 +423,7 @@ class Broker:
             raise Unavailable(str(exc)) from None
         if len(messages) + first.pending > limit:
             return Replay(False)
-        return Replay(True, messages, since, room, upper, self.fetcher, self.replay_slots)
+        return Replay(True, messages, after, room, upper, self.fetcher, self.replay_slots, max_bytes)
 
     async def _nothing_discarded(self, room: str) -> bool:
         """For `since` = 0: true when no message of the room can have been removed."""

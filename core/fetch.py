@@ -5,6 +5,11 @@ to `batch` messages on the room's subject, then an end-of-batch status (204
 "EOB"). Every fetch of a node shares one wildcard inbox subscription; each
 fetch waits on its own token under it, so a replay costs no subscription and
 no task of its own.
+
+Replies are parsed defensively: a message whose sequence header does not
+parse is dropped and counted (`malformed`), never raised inside nats-py's
+reader. A batch can be bounded in bytes as well as in messages (`max_bytes`),
+so what a slow client makes the edge hold for it stays bounded.
 """
 
 from __future__ import annotations
@@ -15,14 +20,20 @@ import json
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import Header, StatusCode
 from nats.nuid import NUID
 
+from core.health import BrokerHealth
 from core.inbox import subscribe_direct
 from core.rooms import room_of_subject, room_subject
-from core.stored import SEQUENCE_HEADER, SUBJECT_HEADER, StoredMessage, stored_message
+from core.stored import SEQUENCE_HEADER, SUBJECT_HEADER, StoredMessage, parse_sequence, stored_message
 
 NUM_PENDING_HEADER = "Nats-Num-Pending"
-STATUS_HEADER = "Status"
+STATUS_HEADER: str = Header.STATUS.value
+DESCRIPTION_HEADER: str = Header.DESCRIPTION.value
+END_OF_BATCH = "204"
+"""The status closing a batched direct get (nats-py names no constant for it)."""
+NOTHING_MATCHES: str = StatusCode.NO_MESSAGES.value
 
 
 class FetchError(Exception):
@@ -52,8 +63,11 @@ class _PendingFetch:
 class RoomFetcher:
     """Batched direct gets of one stream, multiplexed over a single inbox."""
 
-    def __init__(self, nc: NATS, stream: str, timeout: float = 5.0) -> None:
+    def __init__(self, nc: NATS, stream: str, timeout: float = 5.0, health: BrokerHealth | None = None) -> None:
         self._nc = nc
+        self._health = health
+        self.malformed = 0
+        """Reply messages dropped because a header did not parse."""
         self._api = f"$JS.API.DIRECT.GET.{stream}"
         self._timeout = timeout
         self._prefix = f"_INBOX.{NUID().next().decode()}."
@@ -69,21 +83,28 @@ class RoomFetcher:
         fetch = self._waiting.get(token)
         if fetch is None or fetch.done.done():
             return
+        if self._health is not None:
+            self._health.answered()
         headers = msg.headers or {}
         status = headers.get(STATUS_HEADER)
         if status is None:
+            seq = parse_sequence(headers.get(SEQUENCE_HEADER))
+            if seq is None:
+                self.malformed += 1
+                return
             # A request over several rooms (heads) names each message's room by its subject.
             room = fetch.room or room_of_subject(headers.get(SUBJECT_HEADER, "")) or ""
-            fetch.messages.append(stored_message(room, int(headers[SEQUENCE_HEADER]), headers, msg.data))
-            fetch.pending = int(headers.get(NUM_PENDING_HEADER, 0))
-        elif status == "204":  # end of batch
-            fetch.pending = int(headers.get(NUM_PENDING_HEADER, 0))
+            fetch.messages.append(stored_message(room, seq, headers, msg.data))
+            fetch.pending = parse_sequence(headers.get(NUM_PENDING_HEADER)) or 0
+        elif status == END_OF_BATCH:
+            fetch.pending = parse_sequence(headers.get(NUM_PENDING_HEADER)) or 0
             fetch.done.set_result(None)
-        elif status == "404":  # nothing matches
+        elif status == NOTHING_MATCHES:
             fetch.pending = 0
             fetch.done.set_result(None)
         else:
-            fetch.done.set_exception(FetchError(f"direct get failed: {status} {headers.get('Description', '')}"))
+            description = headers.get(DESCRIPTION_HEADER, "")[:200]
+            fetch.done.set_exception(FetchError(f"direct get failed: {status[:8]} {description}"))
 
     async def _request(self, room: str, request: dict[str, object]) -> _PendingFetch:
         token = self._nuid.next().decode()
@@ -94,6 +115,8 @@ class RoomFetcher:
             await self._nc.publish(self._api, json.dumps(request).encode(), reply=self._prefix + token)
             await asyncio.wait_for(done, self._timeout)
         except TimeoutError:
+            if self._health is not None:
+                self._health.missed()
             raise FetchError(f"direct get of room {room!r} timed out") from None
         except FetchError:
             raise
@@ -103,8 +126,9 @@ class RoomFetcher:
             del self._waiting[token]
         return fetch
 
-    async def fetch(self, room: str, after: int, batch: int, up_to: int | None = None) -> Batch:
-        """Up to `batch` messages of `room` with seq > `after` (and <= `up_to` when given).
+    async def fetch(self, room: str, after: int, batch: int, up_to: int | None = None, max_bytes: int = 0) -> Batch:
+        """Up to `batch` messages of `room` with seq > `after` (and <= `up_to` when given),
+        and, when `max_bytes` is set, about that many bytes at most (always at least one message).
 
         `pending` counts the matching messages after the batch; the server
         ignores `up_to_seq` with `next_by_subj`, so messages past `up_to` are
@@ -112,7 +136,9 @@ class RoomFetcher:
         """
         if up_to is not None and up_to <= after:
             return Batch([], 0)
-        request = {"seq": after + 1, "next_by_subj": room_subject(room), "batch": batch}
+        request: dict[str, object] = {"seq": after + 1, "next_by_subj": room_subject(room), "batch": batch}
+        if max_bytes > 0:
+            request["max_bytes"] = max_bytes
         got = await self._request(room, request)
         messages = got.messages
         if up_to is not None and messages and messages[-1].seq > up_to:

@@ -133,15 +133,33 @@ class PlainTextRefused(ConnectionError):
 
 
 class StrictTlsClient(NATS):
-    """A nats-py client that never sends CONNECT in plain text to a tls:// URL.
+    """A nats-py client that never sends CONNECT in plain text to a tls:// URL, and
+    survives a flush that timed out.
 
     nats-py upgrades to TLS only when the server's INFO says `tls_required`;
     otherwise it would send CONNECT, with the user's password or token, in the
     clear. This check runs on every connect and reconnect, at the last moment
     before CONNECT is written.
+
+    nats-py 2.16 leaves the future of a `flush()` that timed out or was
+    cancelled in its list of pending PONGs; when that PONG arrives,
+    `set_result` on the cancelled future raises inside the read loop and
+    stops it, and every request then times out with the client still
+    "connected". A hung server makes flushes time out, and a join cancelled
+    while its feed flushes cancels one, so `_process_pong` here takes each
+    PONG's future in order and resolves it only if it still waits.
     """
 
     refused_plain_text = False
+
+    async def _process_pong(self) -> None:
+        pongs = self._pongs
+        if pongs:
+            future = pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
     def _connect_command(self) -> bytes:
         server = self._current_server

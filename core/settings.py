@@ -92,6 +92,70 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_data_bytes: Annotated[
         int, _doc("Largest `data` of a publish (WebSocket or HTTP), in bytes; larger gets too_large.")
     ] = 60000
+    max_unauthenticated: Annotated[
+        int,
+        _doc(
+            "Sockets per node not yet authenticated (HTTP request head not complete, or upgraded and waiting for"
+            " a token); past it, new sockets are refused. They do not count against max_connections."
+        ),
+    ] = 2000
+    max_unauthenticated_per_source: Annotated[
+        int,
+        _doc(
+            "Sockets not yet authenticated from one source address; past it, that source's new sockets are"
+            " refused. 0: no limit (behind a proxy every socket has the proxy's address: limit there)."
+        ),
+    ] = 100
+    max_connections_per_source: Annotated[
+        int,
+        _doc("Open sockets from one source address, authenticated or not; 0: no limit (behind a proxy, limit there)."),
+    ] = 1000
+    handshake_timeout: Annotated[
+        float, _doc("Seconds a new socket may take to send its HTTP request head (slowloris); then it is dropped.")
+    ] = 10.0
+    body_timeout: Annotated[
+        float,
+        _doc("Seconds an HTTP request body may take to arrive whole; past it, 408 (a slow body holds a socket)."),
+    ] = 10.0
+    write_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a replay may wait for the client to read before the connection is closed with 4008 (a client"
+            " that stops reading must not hold a replay, its batch and its held messages forever)."
+        ),
+    ] = 30.0
+    join_rate: Annotated[float, _doc("Joins and leaves per second per connection (refill rate).")] = 10.0
+    join_burst: Annotated[int, _doc("Joins and leaves a connection may send at once.")] = 200
+    max_requests_in_flight: Annotated[
+        int,
+        _doc(
+            "Requests of one connection running at once (publishes, joins, refreshes waiting on NATS); past it,"
+            " the connection's reading pauses until one finishes."
+        ),
+    ] = 16
+    room_grace: Annotated[
+        float,
+        _doc(
+            "Seconds a room's NATS subscription is kept after its last member on the node leaves, so a page"
+            " reload rejoins without churning NATS interest."
+        ),
+    ] = 5.0
+    nats_ping_interval: Annotated[
+        float, _doc("Seconds between the NATS client's pings to its server (nats-py's ping_interval).")
+    ] = 5.0
+    nats_max_outstanding_pings: Annotated[
+        int, _doc("Unanswered NATS pings after which the NATS connection is dropped and reconnected.")
+    ] = 2
+    nats_request_timeout: Annotated[
+        float, _doc("Seconds a JetStream request (publish, stream read) may take before it fails.")
+    ] = 5.0
+    nats_unready_after: Annotated[
+        float,
+        _doc(
+            "Seconds without an answer from NATS (it is probed every second) after which /readyz answers 503;"
+            " it answers 200 again at the next answer."
+        ),
+    ] = 3.0
     max_concurrent_replays: Annotated[
         int, _doc("Replay reads in flight per node; more joins with `since` wait, so live traffic goes on.")
     ] = 32

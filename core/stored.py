@@ -13,10 +13,14 @@ import calendar
 from collections.abc import Mapping
 
 import msgspec
+from nats.js.api import Header
+
+from core.position import MAX_SEQUENCE
 
 FROM_HEADER = "Jetsock-From"
 ID_HEADER = "Jetsock-Id"
-MSG_ID_HEADER = "Nats-Msg-Id"
+MSG_ID_HEADER: str = Header.MSG_ID.value
+# nats-py names no constant for the headers RePublish and direct get add.
 SEQUENCE_HEADER = "Nats-Sequence"
 LAST_SEQUENCE_HEADER = "Nats-Last-Sequence"
 TIMESTAMP_HEADER = "Nats-Time-Stamp"
@@ -75,6 +79,22 @@ def parse_timestamp_ms(text: str) -> int:
         return seconds * 1000 + millis
     except (ValueError, IndexError):
         return 0
+
+
+_MAX_DIGITS = len(str(MAX_SEQUENCE))
+
+
+def parse_sequence(text: str | None) -> int | None:
+    """A sequence header's value as an int, or None when it is absent or not one.
+
+    Headers on `live.rooms.>` and in replies come from the network: anything
+    but 1 to 20 ASCII digits within JetStream's 64-bit range is refused here,
+    so a bad header costs its message and nothing else.
+    """
+    if text is None or not 0 < len(text) <= _MAX_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= MAX_SEQUENCE else None
 
 
 def message_id(headers: Mapping[str, str]) -> str | None:

@@ -24,17 +24,21 @@ def state(node: Node) -> dict[str, object]:
     """What the page shows, read from the node's own structures (no metrics scrape)."""
     now = time.monotonic()
     authenticated, pending = node.connection_counts()
-    rooms = heapq.nlargest(TOP, node.registry.rooms.items(), key=lambda item: len(item[1].live) + len(item[1].joining))
+    rooms = heapq.nlargest(TOP, node.hub.rooms.items(), key=lambda item: len(item[1]))
     fullest = heapq.nlargest(TOP, (c for c in node.connections if c.principal is not None), key=lambda c: c.pending)
     return {
         "node": node.name,
         "time": time.time(),
         "connections": {"authenticated": authenticated, "pending": pending},
-        "rooms": len(node.registry.rooms),
+        "rooms": len(node.hub.rooms),
         "messages_in": node.published,
-        "messages_out": node.registry.deliveries,
-        "nats": {"connected": node.broker.connected, "reconnects": node.broker.reconnects},
-        "top_rooms": [{"room": name, "members": len(room.live) + len(room.joining)} for name, room in rooms],
+        "messages_out": node.hub.deliveries,
+        "nats": {
+            "connected": node.broker.connected,
+            "answering": node.broker.health.answering,
+            "reconnects": node.broker.reconnects,
+        },
+        "top_rooms": [{"room": name, "members": len(room)} for name, room in rooms],
         "fullest_outboxes": [
             {
                 "session": conn.session,

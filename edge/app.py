@@ -6,17 +6,22 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from core.settings import Settings
-from edge import admin, http_api, pages
+from edge import admin, headers, http_api, pages
+from edge.httperrors import EdgeRunner, access_cause
 from edge.node import Node
-from edge.session import NODE_KEY, websocket_handler
+from edge.session import NODE_KEY
+from edge.ws import websocket_handler
 
 log = logging.getLogger(__name__)
+
+WEBSOCKET_PATH = "/ws"
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
@@ -28,12 +33,27 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+        self.logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            extra={"cause": access_cause(response.status)},
+        )
+
+
+async def _request_answered(request: web.Request, response: web.StreamResponse) -> None:
+    """A plain HTTP request got its answer: its socket leaves the handshake budget (edge/admission.py).
+    A signal, not a middleware: a middleware's frame would live as long as every WebSocket."""
+    request.app[NODE_KEY].admission.request_head(request.transport, upgrade=response.status == 101)
 
 
 def build_app(node: Node, servers: list[str]) -> web.Application:
     app = web.Application(client_max_size=node.settings.max_data_bytes + 1024)
     app[NODE_KEY] = node
+    app.on_response_prepare.append(headers.security_headers)
+    app.on_response_prepare.append(_request_answered)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await node.start(servers)
@@ -47,7 +67,7 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sockets)
-    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get(WEBSOCKET_PATH, websocket_handler)
     app.router.add_get("/healthz", http_api.healthz)
     app.router.add_get("/readyz", http_api.readyz)
     app.router.add_get("/metrics", http_api.metrics)
@@ -58,6 +78,14 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     return app
 
 
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner of `serve()` and of the tests' edges: path-only access lines, malformed requests
+    answered with a fixed 400 and one short log line (edge/httperrors.py); `kwargs` go to web.AppRunner."""
+    node = app.get(NODE_KEY)
+    on_server = node.admission.install if node is not None else None
+    return EdgeRunner(app, access_log_class=PathOnlyAccessLogger, on_server=on_server, **kwargs)
+
+
 async def serve(settings: Settings, servers: list[str], started: asyncio.Future[None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     node = Node(settings)
@@ -65,12 +93,7 @@ async def serve(settings: Settings, servers: list[str], started: asyncio.Future[
     # aiohttp makes an access logger per connection; with the access log off
     # (the log level is above info) none is made, which saves memory per socket.
     access_log = logging.getLogger("aiohttp.access")
-    runner = web.AppRunner(
-        app,
-        access_log_class=PathOnlyAccessLogger,
-        access_log=access_log if access_log.isEnabledFor(logging.INFO) else None,
-        handle_signals=False,
-    )
+    runner = make_runner(app, access_log=access_log if access_log.isEnabledFor(logging.INFO) else None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
     await site.start()

@@ -1,4 +1,4 @@
-"""One edge node: settings, broker, room registry, connections, heartbeat and drain."""
+"""One edge node: settings, broker, room hub and interest, sessions, heartbeat and drain."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ import time
 
 from core.auth import TokenVerifier
 from core.broker import Broker
+from core.jsonlog import Cause
 from core.settings import Settings
 from core.stored import StoredMessage
+from edge.admission import Admission, Phase
 from edge.closes import RecentCloses
 from edge.connection import Connection
+from edge.hub import Hub
+from edge.interest import RoomInterest
 from edge.memory import CollectorPolicy, TrimPolicy, trim
 from edge.outbox import Flusher
-from edge.registry import Registry
+from edge.state import State
 from edge.telemetry import Metrics, NodeGauges
 from edge.tracing import Tracing
 from edge.wsframe import PING_FRAME
-from schemas import CloseCode
+from schemas import Disconnect, Disconnects, close_code_label
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,9 @@ SWEEPS_PER_HEARTBEAT = 4
 BACKEND_SOURCE = {"jetsock.source": "backend"}
 SWEEP_SLICES = 25
 """The heartbeat sweep runs this many times per `heartbeat`."""
+SESSION_CLOSE = Cause("close:authenticated", limit=None)
+"""Every authenticated session's close line is kept: one per connection, the record of it. Closes
+of sockets that never authenticated share a cause per code, so a flood of them is rate limited."""
 
 
 class Node:
@@ -37,21 +44,28 @@ class Node:
         self.name = settings.node or f"{socket.gethostname()}-{os.getpid()}"
         self.verifier = TokenVerifier(settings)
         self.flusher = Flusher(settings.max_write_delay)
-        self.registry = Registry(self.flusher)
-        self.broker = Broker(settings, self.registry)
-        self.registry.broker = self.broker
+        self.hub = Hub(self.flusher)
+        """Local members and fan-out; the broker's feeds deliver to it."""
+        self.broker = Broker(settings, self.hub)
+        self.interest = RoomInterest(self.broker, settings.room_grace, lambda room: room in self.hub.rooms)
+        """Which rooms the node follows on NATS, with a grace period after the last member."""
+        self.hub.on_empty = self.interest.release
+        self.admission = Admission(settings)
+        """Sockets not yet authenticated, and per-source counts (edge/admission.py)."""
         self.connections: dict[Connection, None] = {}
+        """Open sessions: a dict used as a set, since a large set's table costs
+        about three times a dict's per entry."""
+        self.authenticated = 0
+        """Sessions past `welcome` (what `max_connections` bounds)."""
         self.collector = CollectorPolicy()
         self.recent_closes = RecentCloses()
         self.published = 0
         """Publishes stored through this node (clients and HTTP), for the operator page."""
-        """Open connections: a dict used as a set, since a large set's table costs
-        about three times a dict's per entry."""
         self.metrics = Metrics(
             NodeGauges(
                 connections=self.connection_counts,
-                rooms=lambda: len(self.registry.rooms),
-                deliveries=lambda: self.registry.deliveries,
+                rooms=lambda: len(self.hub.rooms),
+                deliveries=lambda: self.hub.deliveries,
                 bytes_out=lambda: self.flusher.bytes_out,
                 gap_repairs=self.broker.repair_counts,
                 nats=lambda: (self.broker.connected, self.broker.reconnects),
@@ -63,10 +77,12 @@ class Node:
         self.tracing = Tracing(settings, self.name)
         if settings.metrics:
             self.flusher.on_sample = lambda size: self.metrics.outbox_size.record(size)
-        self.registry.on_message = self._observe_message
+        self.hub.on_message = self._observe_message
         self.draining = False
         self._per_sub: dict[str, int] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()
+        """Set whenever a session is finished (what `wait_gone` waits on)."""
         self.max_msg_size = settings.max_frame_bytes + 1
         """For aiohttp, which refuses a message of max_msg_size bytes or more (the
         setting is inclusive); computed once rather than an int per connection."""
@@ -82,36 +98,98 @@ class Node:
     async def close_connections(self) -> None:
         """Close what is still open with 1001 (after a drain, nothing is)."""
         for conn in list(self.connections):
-            conn.close(CloseCode.GOING_AWAY, "node stopping")
-        await asyncio.gather(*(c.wait_closed() for c in list(self.connections)), return_exceptions=True)
+            conn.close(Disconnects.NODE_STOPPING)
+        await self.wait_gone(list(self.connections))
+
+    async def wait_gone(self, conns: list[Connection]) -> None:
+        """Until every one of `conns` has been finished (its socket gone: each close has a
+        deadline of close_timeout, so this waits about that long at most)."""
+        try:
+            async with asyncio.timeout(self.settings.close_timeout + 1.0):
+                while any(conn in self.connections for conn in conns):
+                    self._finished.clear()
+                    await self._finished.wait()
+        except TimeoutError:
+            log.warning(
+                "%d connections still open after their close deadline", sum(c in self.connections for c in conns)
+            )
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self.close_connections()
+        self.interest.stop()
+        self.admission.stop()
         await self.broker.close()
         self.metrics.shutdown()
         self.tracing.shutdown()
 
-    def admit(self, conn: Connection, sub: str) -> bool:
-        """Count `conn` against its subject's limit; False when the subject is at it."""
+    # --- sessions -------------------------------------------------------------
+
+    def open(self, conn: Connection) -> None:
+        self.connections[conn] = None
+
+    def admit(self, conn: Connection, sub: str) -> Disconnect | None:
+        """Count an authenticating session; the disconnect to close it with when a limit says no."""
+        if self.authenticated >= self.settings.max_connections:
+            return Disconnects.NODE_FULL
         held = self._per_sub.get(sub, 0)
         if held >= self.settings.max_connections_per_sub:
-            return False
+            return Disconnects.TOO_MANY_FOR_SUB
         self._per_sub[sub] = held + 1
         conn.counted_sub = sub
-        return True
+        self.authenticated += 1
+        self.admission.authenticated(conn.transport)
+        return None
 
-    def release(self, conn: Connection) -> None:
+    def _release(self, conn: Connection) -> None:
         sub = conn.counted_sub
         if sub is None:
             return
         conn.counted_sub = None
+        self.authenticated -= 1
         left = self._per_sub[sub] - 1
         if left:
             self._per_sub[sub] = left
         else:
             del self._per_sub[sub]
+
+    def leave_room(self, conn: Connection, room: str) -> None:
+        """`conn` is no longer a member of `room` here (its NATS interest lingers for room_grace)."""
+        self.hub.leave(conn, room)
+
+    def finish(self, conn: Connection) -> None:
+        """The session's socket is gone: count and log its close."""
+        conn.lost()
+        if self.connections.pop(conn, 0) is not None:
+            return
+        self._finished.set()
+        self.collector.connection_closed()
+        self._release(conn)
+        code = conn.close_code
+        label = close_code_label(code)
+        self.metrics.closes.add(1, {"websocket.close.code": label})
+        self.recent_closes.record(code)
+        duration = time.monotonic() - conn.opened
+        principal = conn.principal
+        fields = {
+            "event": "close",
+            "session": conn.session,
+            "node": self.name,
+            "sub": principal.sub if principal is not None else None,
+            "code": code,
+            "duration_s": round(duration, 3),
+            "rooms": len(conn.rooms),
+            "messages_out": conn.sent,
+        }
+        cause = SESSION_CLOSE if principal is not None else f"close:{label}"
+        log.info(
+            "connection %s closed with %s after %.1f s",
+            conn.session,
+            code,
+            duration,
+            extra={"fields": fields, "cause": cause},
+        )
 
     def _observe_message(self, message: StoredMessage, members: int) -> None:
         """Once per message fanned out here: its source, its delay since stored, a sampled span."""
@@ -124,13 +202,16 @@ class Node:
         self.tracing.delivered(message, members)
 
     def connection_counts(self) -> tuple[int, int]:
-        """(authenticated, still authenticating): read at collection time only."""
-        pending = sum(1 for conn in self.connections if conn.principal is None)
-        return len(self.connections) - pending, pending
+        """(authenticated, not yet): sockets still in their HTTP handshake count as not yet."""
+        waiting = self.admission.counts()
+        pending = len(self.connections) - self.authenticated + waiting[Phase.HANDSHAKE]
+        return self.authenticated, pending
 
     @property
     def ready(self) -> bool:
-        return not self.draining and self.broker.connected
+        return not self.draining and self.broker.ready
+
+    # --- heartbeat and drain ------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         """Ping every connection each `heartbeat` s; close those silent for two (4009).
@@ -167,11 +248,11 @@ class Node:
         now = time.monotonic()
         wall = time.time()
         for conn in conns:
-            if conn.principal is None or conn.closing:
+            if conn.state is not State.OPEN:
                 continue
             conn.arm_expiry(wall)
             if now - conn.last_seen > 2 * heartbeat:
-                conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: nothing received for two heartbeats")
+                conn.close(Disconnects.HEARTBEAT_TIMEOUT)
             elif now - conn.last_ping >= heartbeat:
                 conn.last_ping = now
                 conn.push(PING_FRAME)
@@ -186,9 +267,9 @@ class Node:
         pause = self.settings.drain_seconds / steps
         for i in range(steps):
             for conn in conns[i * per_step : (i + 1) * per_step]:
-                conn.close(CloseCode.SERVICE_RESTART, "node restarting: reconnect and resume")
+                conn.close(Disconnects.NODE_RESTARTING)
             if (i + 1) * per_step >= len(conns):
                 break
             await asyncio.sleep(pause)
-        await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+        await self.wait_gone(conns)
         log.info("drained")

@@ -145,7 +145,7 @@ class Flusher:
                 outbox.push(frame)
                 continue
             if size > outbox._limit:
-                outbox._overflow()
+                outbox.overflow()
         if dirty and not self._scheduled:
             self._schedule()
         return batch
@@ -204,7 +204,7 @@ class Outbox:
             chunks.append(frame)
         self._size += len(frame)
         if self._size > self._limit:
-            self._overflow()
+            self.overflow()
 
     def flush(self) -> None:
         """Write what is queued; called by the flusher, and before a close."""
@@ -229,14 +229,17 @@ class Outbox:
         if flusher.on_sample is not None and not flusher.writes % SAMPLE_EVERY:
             flusher.on_sample(len(data))
         if transport.get_write_buffer_size() > self._limit:
-            self._overflow()
+            self.overflow()
 
     def seal(self) -> None:
         """Write what is queued and accept nothing more (the connection is closing)."""
         self.flush()
         self.closed = True
 
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
+        """The limit is passed: accept nothing more, drop what is queued, and say so once."""
+        if self.closed:
+            return
         self.closed = True
         self._chunks = None
         self._size = 0

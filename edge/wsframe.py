@@ -32,3 +32,14 @@ def text_frame(payload: bytes) -> bytes:
 def pong_frame(payload: bytes) -> bytes:
     """The reply to a client's ping, echoing its application data (at most 125 bytes)."""
     return _header(_FIN_PONG, len(payload)) + payload
+
+_FIN_CLOSE = 0x88
+MAX_REASON_BYTES = 123
+"""RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the code."""
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """The close frame with `code` and `reason` (cut to MAX_REASON_BYTES without splitting a character)."""
+    text = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    payload = struct.pack("!H", code) + text
+    return _header(_FIN_CLOSE, len(payload)) + payload

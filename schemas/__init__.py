@@ -1,6 +1,6 @@
 """jetsock wire types: frames, close codes and error codes (PROTOCOL.md)."""
 
-from schemas.codes import CloseCode, ErrorCode
+from schemas.codes import CloseCode, Disconnect, Disconnects, ErrorCode, FramingCloseCode, close_code_label
 from schemas.frames import (
     Ack,
     Auth,
@@ -27,9 +27,12 @@ __all__ = [
     "Auth",
     "ClientFrame",
     "CloseCode",
+    "Disconnect",
+    "Disconnects",
     "Error",
     "ErrorCode",
     "Expiring",
+    "FramingCloseCode",
     "Join",
     "Joined",
     "Leave",
@@ -43,4 +46,5 @@ __all__ = [
     "Reset",
     "ServerFrame",
     "Welcome",
+    "close_code_label",
 ]

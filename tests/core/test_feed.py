@@ -19,6 +19,7 @@ from core.embedded import EmbeddedNats
 from core.feed import LiveFeeds
 from core.fetch import FetchError, RoomFetcher
 from core.inbox import subscribe_direct
+from core.position import Position
 from core.settings import load_settings
 from core.stored import StoredMessage
 from core.stream import ensure_stream
@@ -122,8 +123,8 @@ class Recorder:
         self.delivered[room].extend(messages)
         self.batches.append((room, len(messages)))
 
-    def reset(self, room: str, epoch: str, seq: int) -> None:
-        self.resets.append((room, epoch, seq))
+    def reset(self, room: str, position: Position) -> None:
+        self.resets.append((room, position.epoch, position.seq))
 
     def seqs(self, room: str) -> list[int]:
         return [m.seq for m in self.delivered[room]]

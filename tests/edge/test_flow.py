@@ -66,7 +66,7 @@ async def test_slow_consumer_closed_4008_fast_one_unaffected_and_resume_loses_no
     assert [m["seq"] for m in await fast_got] == [a.seq for a in acks]
     await asyncio.sleep(0.5)
     # The server gave up on the slow one; the room now holds only the fast one.
-    members = edge.node.registry.rooms["flood"].members
+    members = edge.node.hub.members("flood")
     assert [c.principal.sub for c in members if c.principal] == ["fast"]
     slow.ws._response.connection.transport.resume_reading()  # type: ignore[union-attr]
     received: list[dict[str, Any]] = []
@@ -175,6 +175,6 @@ async def test_overflow_during_fanout_closes_members_without_breaking_the_room(m
         assert code == 4008
     ack = await js.publish("rooms.calm", b"1")
     assert (await bystander.expect("msg"))["seq"] == ack.seq
-    assert "burst" not in edge.node.registry.rooms
+    assert "burst" not in edge.node.hub.rooms
     for client in [*members, bystander]:
         await client.close()

@@ -106,16 +106,16 @@ async def test_non_json_payloads_are_wrapped(edge: Edge, backend: Any) -> None:
 async def test_fanout_encodes_once_per_message_whatever_the_member_count(
     edge: Edge, backend: Any, monkeypatch: Any
 ) -> None:
-    import edge.registry as registry
+    import edge.hub as hub
 
     calls: list[int] = []
-    original = registry.encode_msg
+    original = hub.encode_msg
 
     def counting(message: Any) -> bytes:
         calls.append(message.seq)
         return original(message)
 
-    monkeypatch.setattr(registry, "encode_msg", counting)
+    monkeypatch.setattr(hub, "encode_msg", counting)
     members = [await connect(edge.url, f"m{i}") for i in range(25)]
     for member in members:
         await member.request(type="join", room="fan")

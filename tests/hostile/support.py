@@ -216,7 +216,7 @@ class Hostile:
                 "JETSOCK_AUTH_TIMEOUT": str(AUTH_TIMEOUT),
                 "JETSOCK_HEARTBEAT": "4",
                 "JETSOCK_CLOSE_TIMEOUT": str(CLOSE_TIMEOUT),
-                "JETSOCK_LOG_LEVEL": "warning",
+                "JETSOCK_LOG_LEVEL": os.environ.get("HOSTILE_LOG_LEVEL", "warning"),
                 "JETSOCK_MAX_ROOMS_PER_CONNECTION": str(MAX_ROOMS),
                 "JETSOCK_MAX_CONNECTIONS": "19000",
                 "JETSOCK_MAX_CONNECTIONS_PER_SUB": "19000",
@@ -225,6 +225,13 @@ class Hostile:
                 "JETSOCK_PUBLISH_RATE": "100000",
                 "JETSOCK_PUBLISH_BURST": "100000",
                 "JETSOCK_DRAIN_SECONDS": "0.5",
+                # Every attack comes from 127.0.0.1: the per-source caps and the join rate limit
+                # are tested by their own classes (test_9b_admission, test_9c_join_rate).
+                "JETSOCK_MAX_CONNECTIONS_PER_SOURCE": "0",
+                "JETSOCK_MAX_UNAUTHENTICATED_PER_SOURCE": "0",
+                "JETSOCK_MAX_UNAUTHENTICATED": "19000",
+                "JETSOCK_JOIN_BURST": "1000000",
+                "JETSOCK_JOIN_RATE": "100000",
             }
         )
         self.proc = self._spawn(env)
@@ -401,8 +408,12 @@ def _short(value: Any, limit: int = 200) -> str:
 class FrameProbe:
     """An authenticated raw connection that sends a frame, then a `ping` with a fresh ref.
 
-    Requests are answered in order (PROTOCOL.md 9.1), so the frames read before
-    that `pong` are the replies to the frame under test. A connection that the
+    Checks that need no I/O are answered in the order frames are read, and a
+    `ping` at once (PROTOCOL.md 9.1): a reply that comes before that `pong` is
+    the frame's. A request that waits on NATS (a valid publish or join) is
+    answered after the `pong`: when none came before it, the probe reads on
+    until one reply comes, then sends a second `ping` and reads up to its
+    `pong`, so anything more the frame caused is still seen. A connection the
     server closed is replaced by a new one for the next frame.
     """
 
@@ -415,14 +426,15 @@ class FrameProbe:
         if self.ws is None:
             self.ws = await self.hostile.raw()
         ws = self.ws
-        self.sent += 1
-        sentinel = f"sentinel-{self.sent}"
         outcome = Outcome()
         try:
             await ws.send(opcode, payload)
-            await ws.send(OP_TEXT, json.dumps({"type": "ping", "ref": sentinel}).encode())
             async with asyncio.timeout(timeout):
-                await self._collect(ws, sentinel, outcome, timeout)
+                await self._ping_and_collect(ws, outcome, timeout)
+                if not outcome.replies and outcome.closed is None and not outcome.dropped:
+                    await self._collect(ws, None, outcome, timeout)
+                    if outcome.closed is None and not outcome.dropped:
+                        await self._ping_and_collect(ws, outcome, timeout)
         except TimeoutError:
             outcome.timed_out = True
         except ConnectionError:
@@ -433,7 +445,14 @@ class FrameProbe:
         self.ws = None
         return outcome
 
-    async def _collect(self, ws: RawWS, sentinel: str, outcome: Outcome, timeout: float) -> None:
+    async def _ping_and_collect(self, ws: RawWS, outcome: Outcome, timeout: float) -> None:
+        self.sent += 1
+        sentinel = f"sentinel-{self.sent}"
+        await ws.send(OP_TEXT, json.dumps({"type": "ping", "ref": sentinel}).encode())
+        await self._collect(ws, sentinel, outcome, timeout)
+
+    async def _collect(self, ws: RawWS, sentinel: str | None, outcome: Outcome, timeout: float) -> None:
+        """Read until the sentinel's pong, or (no sentinel) until one reply."""
         while True:
             got = await ws.read_frame(timeout)
             if got is None:
@@ -453,11 +472,17 @@ class FrameProbe:
             except (UnicodeDecodeError, ValueError):
                 outcome.replies.append(("invalid server frame", got.payload[:200]))
                 continue
-            if isinstance(reply, dict) and reply.get("type") == "pong" and reply.get("ref") == sentinel:
-                return
+            if isinstance(reply, dict) and reply.get("type") == "pong" and str(reply.get("ref", "")).startswith(
+                "sentinel-"
+            ):
+                if reply.get("ref") == sentinel:
+                    return
+                continue
             if isinstance(reply, dict) and reply.get("type") == "msg":
                 continue
             outcome.replies.append(reply)
+            if sentinel is None:
+                return
 
     def close(self) -> None:
         if self.ws is not None:

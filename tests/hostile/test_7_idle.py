@@ -169,6 +169,10 @@ async def test_with_the_malloc_allocator_rss_returns_near_the_baseline(tmp_path:
             "JETSOCK_AUTH_TIMEOUT": str(AUTH_TIMEOUT),
             "JETSOCK_HEARTBEAT": "2",
             "JETSOCK_LOG_LEVEL": "warning",
+            # All 5,000 come from one address: the per-source caps are test_9b_admission's.
+            "JETSOCK_MAX_UNAUTHENTICATED_PER_SOURCE": "0",
+            "JETSOCK_MAX_CONNECTIONS_PER_SOURCE": "0",
+            "JETSOCK_MAX_UNAUTHENTICATED": "19000",
         }
         edge = subprocess.Popen([str(Path(sys.executable).parent / "jetsock"), "serve"], env=env)
         try:

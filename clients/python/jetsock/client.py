@@ -30,7 +30,7 @@ import msgspec
 
 from jetsock.errors import ClosedError, FrameTooLarge, PublishQueueFull, RoomLeft, ServerError
 from jetsock.link import Disconnected, Link, Outcome
-from jetsock.policy import Backoff
+from jetsock.policy import RETRYABLE_PUBLISH_ERRORS, Backoff
 from jetsock.reconnect import Tokens, TokenSource, reconnect_forever
 from jetsock.room import Ack, ResetCallback, Room
 from jetsock.state import State, StateInfo, StateListener, States
@@ -63,11 +63,13 @@ _encode = msgspec.json.Encoder().encode
 class _Publish:
     """A publish until its `ack`: the frame is kept as text so a resend is byte for byte the same."""
 
-    __slots__ = ("frame", "future")
+    __slots__ = ("frame", "future", "tries")
 
     def __init__(self, frame: str, future: asyncio.Future[Ack]) -> None:
         self.frame = frame
         self.future = future
+        self.tries = 0
+        """Resends after `unavailable` or `rate_limited` (each with the same id)."""
 
 
 class Options(TypedDict, total=False):
@@ -429,8 +431,16 @@ class Client:
         if not isinstance(ref, int):
             log.warning("server error without a request: %s", error)
             return
-        pending = self._publishes.pop(ref, None)
+        pending = self._publishes.get(ref)
         if pending is not None:
+            if error.code in RETRYABLE_PUBLISH_ERRORS and not pending.future.done():
+                # Maybe stored (`unavailable`), or refused for now: the same frame, with the
+                # same id, goes again later, so it is stored once whatever happened.
+                pending.tries += 1
+                delay = self._backoff.retry_delay(pending.tries, self._draw())
+                asyncio.get_running_loop().call_later(delay, self._resend_publish, ref, pending)
+                return
+            del self._publishes[ref]
             if not pending.future.done():
                 pending.future.set_exception(error)
             return
@@ -439,6 +449,17 @@ class Client:
             self._on_join_refused(link, entry[0], error)
             return
         link.reply(ref, error)
+
+    def _resend_publish(self, ref: int, pending: _Publish) -> None:
+        link = self._link
+        if link is None or self._publishes.get(ref) is not pending or pending.future.done():
+            return  # acked, abandoned, or offline: a reconnect resends what is still waiting
+        self._spawn(self._send_quietly(link, pending.frame))
+
+    @staticmethod
+    async def _send_quietly(link: Link, frame: str) -> None:
+        with suppress(Disconnected, ConnectionError):
+            await link.send_text(frame)
 
     def _on_join_refused(self, link: Link, room: Room, error: ServerError) -> None:
         if self._rooms.get(room.name) is not room:

@@ -19,8 +19,9 @@ class ServerError(JetsockError):
     """The server answered a request with `error` (PROTOCOL.md section 2).
 
     `code` is the protocol's error code (`forbidden`, `rate_limited`,
-    `unavailable`, ...). A publish that failed with `unavailable` may or may not
-    have been stored; retrying it with the same `id` is safe.
+    `unavailable`, ...). A publish is never failed with `unavailable` or
+    `rate_limited`: it may have been stored, so the client sends it again by
+    itself with the same `id`, which stores it once.
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -19,6 +19,10 @@ once, and spreading them over a second keeps them from landing together."""
 RATE_LIMITED_FLOOR = 5.0
 """Least seconds before reconnecting after 4029 (rate limited)."""
 
+RETRYABLE_PUBLISH_ERRORS = frozenset({"unavailable", "rate_limited"})
+"""Errors after which the client sends the same publish again, with the same `id`, by itself:
+an `unavailable` publish may have been stored, and only the same id makes a retry store it once."""
+
 ABNORMAL = 1006
 """The code used when there was no close frame at all: a failed connect, a lost
 TCP connection, a dead connection found by the client's own ping."""
@@ -55,6 +59,13 @@ class Backoff:
     def delay(self, attempt: int, draw: float) -> float:
         """The wait for `attempt`, given a random `draw` in [0, 1)."""
         return _unit(draw) * self.ceiling(attempt)
+
+    def retry_delay(self, tries: int, draw: float) -> float:
+        """The wait before a request's `tries`-th retry (1-based): "equal jitter", half the
+        ceiling plus a uniform draw over the other half, so it is never 0 (a rate-limited
+        retry must not fire at once) and a crowd still spreads."""
+        ceiling = self.ceiling(max(0, tries - 1))
+        return ceiling / 2 + _unit(draw) * ceiling / 2
 
     def attempt_after(self, attempt: int, connected_for: float | None) -> int:
         """The attempt number to use after a connection that lasted `connected_for` s.

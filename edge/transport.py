@@ -1,0 +1,56 @@
+"""The seam between a session and the connection it runs on.
+
+A session (edge/connection.py: state, identity, rooms, limits, requests,
+heartbeats, expiry, drain) never touches a socket. It queues frames in its
+outbox, whose bytes go to `socket` in one write per loop pass, and for
+everything else it asks its `Transport`:
+
+- `framing` turns a frame's JSON into this transport's bytes (a WebSocket
+  text frame; an SSE event for the HTTP stream adapter);
+- `send_close` writes the one close frame (or close event) after the session
+  has sealed its outbox, and ends the connection: at once, or after the
+  peer's answer or a deadline (`close_timeout`);
+- `drained` waits, as an event and with a deadline, until the bytes the peer
+  has not taken are at most `level` (a replay paced by the client's reading).
+
+The adapter owns the socket and its framing, reads the peer's frames and hands
+them to the session (`receive_text`, `receive_ping`, `peer_closed`, `lost`).
+Only the outbox (until sealed) and the adapter's close write to the socket.
+
+`edge/ws.py` is the WebSocket adapter. An HTTP stream adapter plugs in the
+same way: its `socket` is the streaming response's transport, `framing` makes
+SSE events, `send_close` writes the `close` event and ends the response, and
+the frames of `POST /v1/stream/<session>` reach the session's `receive_text`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from edge.framing import Framing
+from schemas import Disconnect
+
+
+class Transport(Protocol):
+    @property
+    def framing(self) -> Framing: ...
+
+    @property
+    def socket(self) -> asyncio.Transport:
+        """Where the outbox writes (bytes already framed)."""
+        ...
+
+    @property
+    def source(self) -> str:
+        """The peer's address, for per-source limits and logs."""
+        ...
+
+    def send_close(self, disconnect: Disconnect, timeout: float) -> None:
+        """Write the close frame (the outbox is sealed by now) and end the connection, at the
+        latest `timeout` seconds later."""
+        ...
+
+    async def drained(self, level: int, timeout: float) -> bool:
+        """Wait until at most `level` bytes are unread by the peer; False at the deadline or when lost."""
+        ...
