@@ -98,8 +98,12 @@ class Connection(Outbox):
 
     def _enter(self, state: State) -> None:
         """The one place a session's state changes."""
-        check_transition(self.state, state)
+        previous = self.state
+        check_transition(previous, state)
         self.state = state
+        observe = self._node.on_transition
+        if observe is not None:
+            observe(self, previous, state)
 
     @property
     def is_open(self) -> bool:

@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 
 from core.auth import TokenVerifier
 from core.broker import Broker
@@ -79,6 +80,8 @@ class Node:
             self.flusher.on_sample = lambda size: self.metrics.outbox_size.record(size)
         self.hub.on_message = self._observe_message
         self.draining = False
+        self.on_transition: Callable[[Connection, State, State], None] | None = None
+        """Called with (session, from, to) at every state change (tests and tracing)."""
         self._per_sub: dict[str, int] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
