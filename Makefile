@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run cluster test system-deps bench bench-quick bench-deps lint schema settings-doc clean
+.PHONY: run cluster test test-latest system-deps bench bench-quick bench-deps lint schema settings-doc clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,22 @@ test: $(STAMP) system-deps
 	$(BIN)/mypy
 	node --test tests/js/
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-latest
+
+# jetsock relies on a few internals of aiohttp and nats-py (pinned below their next minor
+# release in pyproject.toml). This runs the suites that guard those internals against the
+# newest releases, whatever the pins say, so a release that breaks them is seen at once.
+LATEST := .venv-latest
+GUARDS := tests/core/test_feed.py tests/core/test_natsconn.py tests/core/test_natsconn_pong.py \
+	tests/edge/test_close_frames.py tests/edge/test_stall.py tests/edge/test_http_errors.py \
+	tests/edge/test_transitions.py tests/edge/test_outbox.py
+test-latest: $(STAMP)
+	test -d $(LATEST) || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet -e . pytest pytest-asyncio pytest-timeout hypothesis
+	$(LATEST)/bin/pip install --quiet --upgrade aiohttp nats-py 2>&1 | grep -v "which is incompatible" || true
+	$(LATEST)/bin/python -c "import aiohttp, importlib.metadata as m; print('newest releases: aiohttp', aiohttp.__version__, '/ nats-py', m.version('nats-py'))"
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(GUARDS)
 
 # Debian packages the tests use: Chromium for the browser tests (Playwright's
 # own download does not work offline), node for the JS client's unit tests,
@@ -66,7 +82,7 @@ schema: $(STAMP)
 	$(BIN)/python -m schemas.jsonschema > schemas/jetsock.schema.json
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .data .pytest_cache .mypy_cache .ruff_cache
 
 settings-doc: $(STAMP)
 	$(BIN)/python -m core.settings --write schemas/PROTOCOL.md
