@@ -454,3 +454,24 @@ async def test_silent_connection_is_pinged_then_declared_dead_and_resumed(make_e
             assert client.state == "connected"
     finally:
         await proxy.stop()
+
+
+def test_a_retry_waits_half_the_ceiling_at_least() -> None:
+    backoff = Backoff()
+    assert backoff.retry_delay(1, 0.0) == 0.5 and backoff.retry_delay(1, 0.999) < 1.0
+    assert backoff.retry_delay(3, 0.5) == 3.0
+    assert backoff.retry_delay(50, 0.0) == 15.0
+
+
+async def test_a_rate_limited_publish_is_sent_again_with_the_same_id_and_stored_once(
+    make_edge: Any, nats_server: EmbeddedNats
+) -> None:
+    """`rate_limited` (and `unavailable`, which may have been stored) is retried by the client itself, same id."""
+    edge = await make_edge(publish_rate=5, publish_burst=2)
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        acks = await asyncio.wait_for(
+            asyncio.gather(*(client.publish("chat.limited", {"n": n}, id=f"limited-{n}") for n in range(6))), 30
+        )
+    seqs = sorted(seq for seq, _duplicate in acks)
+    assert len(set(seqs)) == 6, acks
+    assert await stored_seqs(nats_server.url, "chat.limited") == seqs, "each stored once"
