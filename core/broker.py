@@ -288,11 +288,12 @@ class Broker:
             await asyncio.sleep(PROBE_INTERVAL)
             if not self.connected or not self.health.probe_due():
                 continue
+            sent_at = self.health.now()
             try:
                 await self.nc.flush(timeout=self.settings.nats_unready_after)  # type: ignore[arg-type]
             except Exception as exc:  # nats-py: a timeout, or the connection going away meanwhile
                 log.debug("NATS did not answer a probe: %s", type(exc).__name__)
-                self.health.missed()
+                self.health.missed(sent_at)
             else:
                 self.health.answered()
 
@@ -367,13 +368,14 @@ class Broker:
         if key is not None:
             headers[MSG_ID_HEADER] = scoped_msg_id(sender or "", room, key)
             headers[ID_HEADER] = key
+        sent_at = self.health.now()
         try:
             ack = await self._js.publish(room_subject(room), data, headers=headers or None)
         except NoStreamResponseError:
             raise PublishUncertain("the stream did not answer") from None
         except Exception as exc:  # timeouts, disconnects: the publish may or may not be stored
             if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError is one too
-                self.health.missed()
+                self.health.missed(sent_at)
             raise PublishUncertain(f"publish failed: {type(exc).__name__}") from exc
         self.health.answered()
         if self._feeds is not None:

@@ -111,12 +111,13 @@ class RoomFetcher:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fetch = _PendingFetch(room, done)
         self._waiting[token] = fetch
+        sent_at = self._health.now() if self._health is not None else 0.0
         try:
             await self._nc.publish(self._api, json.dumps(request).encode(), reply=self._prefix + token)
             await asyncio.wait_for(done, self._timeout)
         except TimeoutError:
             if self._health is not None:
-                self._health.missed()
+                self._health.missed(sent_at)
             raise FetchError(f"direct get of room {room!r} timed out") from None
         except FetchError:
             raise

@@ -38,8 +38,18 @@ class BrokerHealth:
         self._last_answer = self._clock()
         self._missed = False
 
-    def missed(self) -> None:
-        """A request to NATS timed out: not answering until the next answer."""
+    def now(self) -> float:
+        """The clock's time: what a request notes when it is sent, to pass to `missed`."""
+        return self._clock()
+
+    def missed(self, sent_at: float) -> None:
+        """A request sent at `sent_at` timed out: not answering until the next answer.
+
+        Unless NATS answered something after that request was sent: then the
+        request was lost, not unanswered (its answer went to a connection that
+        has been replaced since, by a reconnect), and NATS is fine."""
+        if sent_at < self._last_answer:
+            return
         self._missed = True
         self.misses += 1
 
