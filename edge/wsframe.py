@@ -33,6 +33,7 @@ def pong_frame(payload: bytes) -> bytes:
     """The reply to a client's ping, echoing its application data (at most 125 bytes)."""
     return _header(_FIN_PONG, len(payload)) + payload
 
+
 _FIN_CLOSE = 0x88
 MAX_REASON_BYTES = 123
 """RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the code."""

@@ -323,9 +323,7 @@ SERVER_CLOSES = {
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(case, id=name) for name, case in SERVER_CLOSES.items()
-    ],
+    [pytest.param(case, id=name) for name, case in SERVER_CLOSES.items()],
 )
 async def test_the_server_ends_an_open_session_with_one_close_frame(make_edge: Any, case: ServerClose) -> None:
     edge, recorder = await recorded_edge(make_edge, **case.settings)
