@@ -472,8 +472,10 @@ class FrameProbe:
             except (UnicodeDecodeError, ValueError):
                 outcome.replies.append(("invalid server frame", got.payload[:200]))
                 continue
-            if isinstance(reply, dict) and reply.get("type") == "pong" and str(reply.get("ref", "")).startswith(
-                "sentinel-"
+            if (
+                isinstance(reply, dict)
+                and reply.get("type") == "pong"
+                and str(reply.get("ref", "")).startswith("sentinel-")
             ):
                 if reply.get("ref") == sentinel:
                     return
