@@ -242,8 +242,9 @@ class Broker:
         """Live messages not delivered, by why: malformed headers, unconfirmed jumps, handler failures."""
         feeds = self._feeds
         if feeds is None:
-            return {"malformed": 0, "unconfirmed": 0}
-        return {"malformed": feeds.malformed + self.fetcher.malformed, "unconfirmed": feeds.unconfirmed}
+            return {"malformed": 0, "unconfirmed": 0, "rebased": 0}
+        malformed = feeds.malformed + self.fetcher.malformed
+        return {"malformed": malformed, "unconfirmed": feeds.unconfirmed, "rebased": feeds.rebases}
 
     @property
     def fetcher(self) -> RoomFetcher:

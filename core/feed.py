@@ -199,8 +199,9 @@ class LiveFeeds:
             return
         ceiling = self.ceiling
         if not feed.ready.done() or feed.repairing is not None:
-            # Remembered as something to reach, but only as far as is plausible.
-            feed.target = max(feed.target, min(seq, ceiling))
+            # Remembered as something to reach, unless it is a jump nobody confirmed.
+            if seq <= ceiling:
+                feed.target = max(feed.target, seq)
             return
         verdict = feed.cursor.judge(seq, last, ceiling)
         if verdict is Verdict.DELIVER:
@@ -211,12 +212,13 @@ class LiveFeeds:
             except Exception:  # a listener bug must not stop nats-py's reader for every room
                 log.exception("delivering seq %d of room %s failed", seq, room)
         elif verdict is Verdict.GAP:
-            feed.target = min(seq, ceiling)
+            feed.target = seq
             self._start_repair(feed)
         elif verdict is Verdict.UNCONFIRMED:
             self.unconfirmed += 1
-            # Whatever the room really holds past the cursor is read from the stream.
-            feed.target = ceiling
+            # Whatever the room really holds past the cursor is read from the stream, once:
+            # the jump's own sequence is no target to wait for.
+            feed.target = feed.cursor.seq
             self._start_repair(feed)
 
     def _start_repair(self, feed: _RoomFeed) -> None:
@@ -224,14 +226,22 @@ class LiveFeeds:
         feed.repairing = asyncio.get_running_loop().create_task(self._repair(feed))
 
     async def _repair(self, feed: _RoomFeed) -> None:
-        """Deliver from the stream until the cursor reaches everything seen live that the stream holds."""
+        """Deliver from the stream until the cursor reaches everything seen live that the stream holds.
+
+        A read that finds the stream holding nothing past the cursor (after
+        delivering what it found, or not) confirms that what was seen live and
+        is still missing may not exist: REPAIR_CONFIRMATIONS of them give the
+        target up, so a forged sequence costs a few reads, and a busy room goes
+        back to live delivery at once. Waiting (for a lagging replica, or an
+        unreachable NATS) grows between reads that find nothing, and starts
+        over after one that does."""
         pause = 0.1
-        empty_reads = 0
+        confirmations = 0
         try:
             while True:
                 try:
                     messages = await self._fetcher.fetch_all(feed.room, feed.cursor.seq)
-                    head = await self._fetcher.head(feed.room) if not messages else messages[-1].seq
+                    head = await self._fetcher.head(feed.room)
                 except FetchError as exc:
                     log.warning("repair of room %s failed, retrying: %s", feed.room, exc)
                     await asyncio.sleep(pause)
@@ -241,28 +251,27 @@ class LiveFeeds:
                     return
                 fresh = [m for m in messages if m.seq > feed.cursor.seq]
                 if fresh:
-                    empty_reads = 0
                     feed.cursor.seq = fresh[-1].seq
                     self.note_stored(feed.cursor.seq)
                     self.repaired_messages += len(fresh)
                     self._listener.deliver(feed.room, fresh)
                 if feed.cursor.seq >= feed.target:
                     return
-                if not fresh:
-                    if head <= feed.cursor.seq:
-                        empty_reads += 1
-                        if empty_reads >= REPAIR_CONFIRMATIONS:
-                            # What was seen live is not in the stream: it was never stored.
-                            log.warning(
-                                "room %s: sequence %d seen live is not in the stream; dropped",
-                                feed.room,
-                                feed.target,
-                            )
-                            feed.target = feed.cursor.seq
-                            return
-                    # The replica that answered may be behind what was seen live: give it a moment.
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, REPAIR_RETRY_MAX)
+                if head <= feed.cursor.seq:
+                    confirmations += 1
+                    if confirmations >= REPAIR_CONFIRMATIONS:
+                        # What was seen live is not in the stream: it was never stored.
+                        log.warning(
+                            "room %s: sequence %d seen live is not in the stream; dropped", feed.room, feed.target
+                        )
+                        feed.target = feed.cursor.seq
+                        return
+                if fresh:
+                    pause = 0.1
+                    continue
+                # The replica that answered may be behind what was seen live: give it a moment.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, REPAIR_RETRY_MAX)
         finally:
             feed.repairing = None
 

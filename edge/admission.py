@@ -47,6 +47,16 @@ _REFUSAL = (
 )
 
 
+TOO_MANY_FROM_SOURCE = "too many connections from this address"
+TOO_MANY_WAITING_FROM_SOURCE = "too many connections from this address waiting to authenticate"
+BUDGET_SPENT = "node busy: too many connections waiting to authenticate"
+_REASON_KEYS = {
+    TOO_MANY_FROM_SOURCE: "per_source",
+    TOO_MANY_WAITING_FROM_SOURCE: "unauthenticated_per_source",
+    BUDGET_SPENT: "unauthenticated_budget",
+}
+
+
 class Phase(enum.Enum):
     HANDSHAKE = "handshake"
     UNAUTHENTICATED = "unauthenticated"
@@ -94,6 +104,14 @@ class Admission:
             counts[entry.phase] += 1
         return counts
 
+    def refusals(self) -> dict[str, int]:
+        """Sockets refused at accept by cause, and dropped at the handshake deadline (for metrics)."""
+        counts = {"per_source": 0, "unauthenticated_per_source": 0, "unauthenticated_budget": 0}
+        for reason, n in self.refused.items():
+            counts[_REASON_KEYS[reason]] += n
+        counts["handshake_timeout"] = self.handshake_timeouts
+        return counts
+
     @property
     def sockets(self) -> int:
         return sum(self._per_source.values())
@@ -123,14 +141,14 @@ class Admission:
         source = source_of(transport)
         reason = None
         if settings.max_connections_per_source and self._per_source[source] >= settings.max_connections_per_source:
-            reason = "too many connections from this address"
+            reason = TOO_MANY_FROM_SOURCE
         elif (
             settings.max_unauthenticated_per_source
             and self._pending_per_source[source] >= settings.max_unauthenticated_per_source
         ):
-            reason = "too many connections from this address waiting to authenticate"
+            reason = TOO_MANY_WAITING_FROM_SOURCE
         elif len(self._pending) >= settings.max_unauthenticated:
-            reason = "node busy: too many connections waiting to authenticate"
+            reason = BUDGET_SPENT
         if reason is not None:
             self.refused[reason] += 1
             body = f"{reason}; try again later\n".encode()

@@ -70,6 +70,8 @@ class Node:
                 bytes_out=lambda: self.flusher.bytes_out,
                 gap_repairs=self.broker.repair_counts,
                 nats=lambda: (self.broker.connected, self.broker.reconnects),
+                live_refused=self.broker.refused_live,
+                sockets_refused=self.admission.refusals,
             ),
             self.name,
             settings.otlp_endpoint,

@@ -44,6 +44,10 @@ class NodeGauges:
     """(repairs, messages fetched by them)."""
     nats: Callable[[], tuple[bool, int]]
     """(connected, reconnects)."""
+    live_refused: Callable[[], dict[str, int]]
+    """Live messages not delivered as they came, by reason (malformed headers, unconfirmed jumps, rebases)."""
+    sockets_refused: Callable[[], dict[str, int]]
+    """Sockets refused or dropped before authenticating, by reason."""
 
 
 def _one(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -92,6 +96,19 @@ class Metrics:
         )
         meter.create_observable_counter(
             "jetsock.gap.repair.messages", callbacks=[repairs(1)], description="Messages fetched by gap repairs"
+        )
+        def by_reason(read: Callable[[], dict[str, int]]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            return lambda _options: [Observation(n, {"jetsock.reason": reason}) for reason, n in read().items()]
+
+        meter.create_observable_counter(
+            "jetsock.live.refused",
+            callbacks=[by_reason(gauges.live_refused)],
+            description="Live messages not delivered as they came (malformed, unconfirmed jump, cursor rebased)",
+        )
+        meter.create_observable_counter(
+            "jetsock.sockets.refused",
+            callbacks=[by_reason(gauges.sockets_refused)],
+            description="Sockets refused at accept (per-source and budget caps) or dropped at the handshake deadline",
         )
         meter.create_observable_gauge(
             "jetsock.nats.connected",
