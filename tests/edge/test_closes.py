@@ -9,10 +9,10 @@ import aiohttp
 
 from edge import admin
 from edge.closes import RecentCloses
-from schemas import CloseCode
+from schemas import CloseCode, FramingCloseCode
 from tests.conftest import token
 
-BOUND = len(CloseCode) + 1
+BOUND = len(CloseCode) + len(FramingCloseCode) + 1
 """Rows at most: one per protocol code, one for every other code."""
 
 

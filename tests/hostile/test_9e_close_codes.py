@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from schemas import CloseCode
+from schemas import CloseCode, FramingCloseCode
 from tests.conftest import SECRET, token, wait_ready
 from tests.edge.devserver import ServeProcess
 from tests.hostile.conftest import Cases
@@ -33,9 +33,9 @@ from tests.hostile.support import Hostile
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.hostile("client-chosen close codes")]
 
-BOUND = len(CloseCode) + 1
-"""Rows or series at most: one per protocol code, one for all the others."""
-KNOWN = {int(code) for code in CloseCode}
+BOUND = len(CloseCode) + len(FramingCloseCode) + 1
+"""Rows or series at most: one per protocol code and per RFC 6455 code the reader sends, one for all the others."""
+KNOWN = {int(code) for code in (*CloseCode, *FramingCloseCode)}
 CODES = (
     [3000 + i for i in range(100)]
     + [4100 + i for i in range(100) if 4100 + i not in KNOWN]
