@@ -31,7 +31,7 @@ test: $(STAMP) system-deps
 # newest releases, whatever the pins say, so a release that breaks them is seen at once.
 LATEST := .venv-latest
 GUARDS := tests/core/test_feed.py tests/core/test_natsconn.py tests/core/test_natsconn_pong.py \
-	tests/edge/test_close_frames.py tests/edge/test_stall.py tests/edge/test_http_errors.py \
+	tests/edge/test_stall.py tests/edge/test_http_errors.py \
 	tests/edge/test_transitions.py tests/edge/test_outbox.py
 test-latest: $(STAMP)
 	test -d $(LATEST) || $(PYTHON) -m venv $(LATEST)
