@@ -172,6 +172,7 @@ class Broker:
 
     async def connect(self, servers: list[str], name: str) -> None:
         client = StrictTlsClient()
+        client.on_pong = self.health.answered
         self.nc = client
         settings = self.settings
         try:
@@ -299,15 +300,12 @@ class Broker:
                 self.health.answered()
 
     async def _audit_loop(self) -> None:
-        """Every `audit_interval` s: the stream's last sequence (the feeds' ceiling), then each room's head."""
-        assert self._js is not None
+        """Every `audit_interval` s: each room's stored head against its cursor (core.feed)."""
         while True:
             await asyncio.sleep(self.settings.audit_interval)
             if not self.connected:
                 continue
             try:
-                info = await self._js.stream_info(self.settings.stream)
-                self.feeds.note_stored(info.state.last_seq)
                 await self.feeds.audit_once()
             except FetchError as exc:
                 log.debug("audit skipped: %s", exc)

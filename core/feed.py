@@ -15,8 +15,8 @@ checked cheaply (a NATS without permissions lets anyone publish there):
   nats-py's reader (core/inbox.py);
 - a sequence past `ceiling` (far beyond anything the node has seen stored) is
   a jump the stream has not confirmed: the room is read from the stream
-  instead, so only stored messages are delivered and a forged sequence cannot
-  move the cursor (`unconfirmed`);
+  instead (which delivers the message if it is real), so only stored messages
+  are delivered and a forged sequence cannot move the cursor (`unconfirmed`);
 - a repair never chases a sequence the stream does not hold: once the room's
   stored head stays at or below the cursor, the target is dropped;
 - a cursor found ahead of the room's stored head at two audits in a row (it
@@ -53,8 +53,9 @@ REPAIR_CONFIRMATIONS = 5
 replica may lag for a moment, a sequence the stream never stored stays missing."""
 JUMP_SLACK = 1_000_000
 """How far past the highest sequence known to be stored a live message may be and still be
-delivered as it comes. The known sequence is refreshed at every audit from the stream's own
-state, so this covers a stream storing up to JUMP_SLACK / audit_interval messages a second."""
+delivered as it comes. The known sequence rises with every message, PubAck and read the node
+sees; a real message past the ceiling (the stream stored a million elsewhere meanwhile) costs
+one read of its room from the stream, which delivers it."""
 
 
 class FeedListener(Protocol):
@@ -93,14 +94,15 @@ class LiveFeeds:
         self._unsubscribing: set[asyncio.Task[None]] = set()
         """Background tasks (feed starts, unsubscribes), held so they are not collected."""
         self.known_stored = 0
-        """The highest sequence this node knows the stream has stored (PubAcks, reads, audits)."""
+        """The highest sequence this node knows the stream has stored (PubAcks, reads, deliveries)."""
         self.repairs = 0
         """Gap repairs started (a counter for tests and metrics)."""
         self.repaired_messages = 0
         self.malformed = 0
         """Live messages dropped because their sequence headers did not parse."""
         self.unconfirmed = 0
-        """Live messages not delivered because their sequence was a jump the stream had not confirmed."""
+        """Live messages whose sequence was a jump the stream had not confirmed: not delivered as they
+        came, the room was read from the stream instead (a real one is delivered from there)."""
         self.rebases = 0
         """Cursors moved back onto the stored head (they had been moved by something never stored)."""
         self.drop_filter: Callable[[str, int], bool] | None = None

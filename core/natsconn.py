@@ -14,6 +14,7 @@ connection is tried.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,8 +152,12 @@ class StrictTlsClient(NATS):
     """
 
     refused_plain_text = False
+    on_pong: Callable[[], None] | None = None
+    """Called at every PONG (its own pings count as the server answering: core/health.py)."""
 
     async def _process_pong(self) -> None:
+        if self.on_pong is not None:
+            self.on_pong()
         pongs = self._pongs
         if pongs:
             future = pongs.pop(0)

@@ -181,8 +181,17 @@ class Connection(Outbox):
     def work(self) -> InFlight:
         """Requests in flight and tasks beside the read loop, made on first use."""
         if self._work is None:
-            self._work = InFlight(self._node.settings.max_requests_in_flight, self._request_crashed)
+            self._work = InFlight(self._node.settings.max_requests_in_flight, self._request_crashed, self._work_idle)
         return self._work
+
+    def _work_idle(self, work: InFlight) -> None:
+        if self._work is work:
+            self._work = None
+
+    def lane_busy(self, key: Hashable) -> bool:
+        """True while a request with lane `key` runs or waits (without making the request object)."""
+        work = self._work
+        return work is not None and work.busy(key)
 
     def submit(self, key: Hashable, request: Request) -> None:
         """Run a request that waits on the broker, ordered after others with the same key."""

@@ -12,7 +12,9 @@ that the read loop waits in `slot()` before reading the next frame, so a
 client that pipelines faster than NATS answers is slowed down by TCP
 backpressure, and nothing is dropped.
 
-Made on a connection's first such request: most connections only listen.
+Made when a connection has such a request, and let go (`on_idle`) as soon as
+nothing runs any more: most connections only listen, and an idle node must not
+hold one of these per connection because it once joined its rooms.
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ Request = Callable[[], Work]
 
 
 class InFlight:
-    __slots__ = ("_count", "_lanes", "_limit", "_on_crash", "_slot", "_tasks")
+    __slots__ = ("_count", "_lanes", "_limit", "_on_crash", "_on_idle", "_slot", "_tasks")
 
-    def __init__(self, limit: int, on_crash: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        on_crash: Callable[[BaseException], None],
+        on_idle: Callable[[InFlight], None] | None = None,
+    ) -> None:
         self._limit = max(1, limit)
         self._on_crash = on_crash
+        self._on_idle = on_idle
+        """Called when nothing is running or queued any more (the owner may drop this object)."""
         """Called with what a request raised (a bug): the connection answers `internal`."""
         self._lanes: dict[Hashable, deque[Request]] = {}
         self._count = 0
@@ -69,7 +78,12 @@ class InFlight:
         """Run `work` beside the read loop (not a request: it takes no slot); cancelled with the rest."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks and not self._count and self._on_idle is not None:
+            self._on_idle(self)
 
     async def _drain(self, key: Hashable, lane: deque[Request]) -> None:
         try:

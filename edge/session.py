@@ -158,7 +158,7 @@ def _leave(node: Node, conn: Connection, frame: Leave) -> None:
         return
     if room not in conn.rooms:
         conn.error(ErrorCode.NOT_JOINED, f"not a member of {room!r}", ref)
-    elif conn.work.busy(("room", room)):
+    elif conn.lane_busy(("room", room)):
         # A join of this room is still running: leave after it, in its lane.
         conn.submit(("room", room), lambda: _leave_now(node, conn, room, ref))
     else:
@@ -238,7 +238,7 @@ def drop_forbidden_rooms(node: Node, conn: Connection, principal: Principal) -> 
     """Leave, with `left` reason `forbidden`, the rooms `principal` no longer permits (in name order).
     A join of such a room still running finds the right gone when it ends."""
     for room in sorted(conn.rooms):
-        if not principal.can_join(room) and not conn.work.busy(("room", room)):
+        if not principal.can_join(room) and not conn.lane_busy(("room", room)):
             conn.drop_room(room)
             node.leave_room(conn, room)
             node.metrics.leaves.add(1)
