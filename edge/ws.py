@@ -86,14 +86,18 @@ def _offered_bearer(request: web.Request) -> str | None:
 class WebSocketTransport:
     """One WebSocket's socket, as the session's transport (edge/transport.py)."""
 
-    __slots__ = ("_deadline", "socket", "source")
+    __slots__ = ("_deadline", "socket")
     framing: Framing = WEBSOCKET_TEXT
 
-    def __init__(self, socket: asyncio.Transport, source: str) -> None:
+    def __init__(self, socket: asyncio.Transport) -> None:
         self.socket = socket
-        self.source = source
         self._deadline: asyncio.TimerHandle | None = None
         """Set once the close frame is written: drops the socket when the closing handshake is late."""
+
+    @property
+    def source(self) -> str:
+        """Read from the socket when asked (rarely): not a field every idle connection pays for."""
+        return source_of(self.socket)
 
     def send_close(self, disconnect: Disconnect, timeout: float) -> None:
         self.write_close(int(disconnect.code), disconnect.reason, timeout)
@@ -173,7 +177,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return handshake_refused(request)
     socket = request.transport
     assert socket is not None
-    adapter = WebSocketTransport(socket, source_of(socket))  # type: ignore[arg-type]
+    adapter = WebSocketTransport(socket)  # type: ignore[arg-type]
     conn = Connection(node, secrets.token_urlsafe(12), adapter)
     node.open(conn)
     reader = ws._reader
