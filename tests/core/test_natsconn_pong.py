@@ -83,11 +83,13 @@ async def works(nc: NATS) -> bool:
 
 
 async def timed_out_flush(nc: NATS, server: EmbeddedNats) -> None:
+    await nc.flush()  # no PONG of an earlier PING still on its way, to be taken for this flush's
     with stopped(server), pytest.raises(nats.errors.TimeoutError):
         await nc.flush(timeout=0.2)  # type: ignore[arg-type]  # typed int, takes seconds
 
 
 async def cancelled_flush(nc: NATS, server: EmbeddedNats) -> None:
+    await nc.flush()  # no PONG of an earlier PING still on its way, to be taken for this flush's
     with stopped(server):
         waiting = asyncio.create_task(nc.flush(timeout=30))
         await asyncio.sleep(0.3)  # the PING is written; its PONG cannot come
