@@ -42,10 +42,21 @@ def stopped(server: EmbeddedNats) -> Iterator[None]:
     process = server.process
     assert process is not None
     process.send_signal(signal.SIGSTOP)
+    # SIGSTOP is delivered asynchronously: a server thread on a CPU may still answer for a moment.
+    deadline = time.monotonic() + 5
+    while _state(process.pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
     try:
         yield
     finally:
         process.send_signal(signal.SIGCONT)
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture

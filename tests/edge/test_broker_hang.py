@@ -224,6 +224,7 @@ async def test_a_hung_nats_keeps_pings_joins_and_leaves_answered_and_loses_nothi
     # --- the hang
     stopped_at = time.monotonic()
     process.send_signal(signal.SIGSTOP)
+    await asyncio.sleep(0.1)  # delivered asynchronously: a running server thread may answer for a moment
     py_during: list[asyncio.Task[jetsock.Ack]] = []
     unready: float | None = None
     late_from = 0
@@ -353,6 +354,7 @@ async def test_readiness_does_not_fall_back_when_a_request_from_before_a_reconne
     process = nats_server.process
     assert process is not None
     process.send_signal(signal.SIGSTOP)
+    await asyncio.sleep(0.1)  # delivered asynchronously: a running server thread may answer for a moment
     try:
         await raw.client.send(type="publish", room=ROOM, data={"stuck": 1}, id="stuck", ref="stuck")
         await asyncio.sleep(0.3)  # written to the stopped server's socket
