@@ -314,8 +314,9 @@ class Broker:
 
     # --- rooms the node follows --------------------------------------------
 
-    async def watch(self, room: str) -> int:
-        """Make sure the room's live feed runs on this node; its cursor once live."""
+    async def watch(self, room: str) -> Position:
+        """Make sure the room's live feed runs on this node; its position (the feed's cursor under
+        the current epoch) once live."""
         if room not in self.feeds and not self.connected:
             # A new feed needs the room's head from the stream: fail now, not at a timeout.
             raise Unavailable("NATS is not connected")
@@ -326,7 +327,7 @@ class Broker:
         except Exception as exc:  # nats-py: timeouts, connection closed, flush failures
             raise Unavailable(f"cannot follow room {room!r}: {type(exc).__name__}") from exc
         # Read after the feed is live: everything stored after it reaches the listener.
-        return self.cursor(room)
+        return Position(self.cursor(room), self.epoch)
 
     def unwatch(self, room: str) -> None:
         """Stop following the room on this node (its last member left, and the grace period passed)."""

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 from core.broker import Broker
+from core.position import Position
 
 
 class RoomInterest:
@@ -25,8 +26,8 @@ class RoomInterest:
         self._has_members = has_members
         self._lingering: dict[str, asyncio.TimerHandle] = {}
 
-    async def watch(self, room: str) -> int:
-        """Follow `room` (a member is joining); its feed's cursor once live. Raises Unavailable."""
+    async def watch(self, room: str) -> Position:
+        """Follow `room` (a member is joining); its feed's position once live. Raises Unavailable."""
         handle = self._lingering.pop(room, None)
         if handle is not None:
             handle.cancel()

@@ -39,7 +39,7 @@ async def join(node: Node, conn: Connection, room: str, since: int | None, epoch
     try:
         head = await node.interest.watch(room)
         if since is not None:
-            outcome = await node.broker.replay(room, Position(since, epoch or node.broker.epoch), head)
+            outcome = await node.broker.replay(room, Position(since, epoch or head.epoch), head.seq)
             replay = outcome if outcome.recovered else None
     except Unavailable as exc:
         _abandon(node, conn, room, seam)
@@ -57,8 +57,8 @@ async def join(node: Node, conn: Connection, room: str, since: int | None, epoch
         conn.error(ErrorCode.FORBIDDEN, f"the token does not allow joining {room!r}", ref)
         return
     # A complete replay sends (since, head]; otherwise the member starts at the head.
-    seam.start(since if replay is not None and since is not None else head)
-    conn.send(Joined(room=room, epoch=node.broker.epoch, seq=head, recovered=replay is not None, ref=ref))
+    seam.start(since if replay is not None and since is not None else head.seq)
+    conn.send(Joined(room=room, epoch=head.epoch, seq=head.seq, recovered=replay is not None, ref=ref))
     node.metrics.joins.add(1)
     if since is not None:
         node.metrics.replays.add(1, RECOVERED if replay is not None else NOT_RECOVERED)
