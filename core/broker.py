@@ -240,7 +240,7 @@ class Broker:
         return (feeds.repairs, feeds.repaired_messages) if feeds is not None else (0, 0)
 
     def refused_live(self) -> dict[str, int]:
-        """Live messages not delivered, by why: malformed headers, unconfirmed jumps, handler failures."""
+        """Live messages not delivered as they came, by why: malformed headers, unconfirmed jumps, rebased cursors."""
         feeds = self._feeds
         if feeds is None:
             return {"malformed": 0, "unconfirmed": 0, "rebased": 0}
@@ -338,9 +338,6 @@ class Broker:
         """The last seq the room's feed delivered on this node; 0 when the room is not watched."""
         feeds = self._feeds
         return feeds.cursor(room) if feeds is not None and room in feeds else 0
-
-    def watching(self, room: str) -> bool:
-        return self._feeds is not None and room in self._feeds
 
     # --- publish ----------------------------------------------------------
 

@@ -73,9 +73,3 @@ async def subscribe_direct(nc: NATS, subject: str, handler: MsgHandler) -> Subsc
     if sub._message_iterator is not None:
         sub._message_iterator._queue = queue
     return sub
-
-
-def failures(sub: Subscription) -> int:
-    """Messages of `sub` dropped because their handler raised."""
-    queue = sub._pending_queue
-    return queue.failures if isinstance(queue, CallbackQueue) else 0

@@ -112,10 +112,6 @@ class Admission:
         counts["handshake_timeout"] = self.handshake_timeouts
         return counts
 
-    @property
-    def sockets(self) -> int:
-        return sum(self._per_source.values())
-
     # --- aiohttp's hooks ---------------------------------------------------------
 
     def install(self, server: web.Server) -> None:

@@ -106,10 +106,6 @@ class Connection(Outbox):
             observe(self, previous, state)
 
     @property
-    def is_open(self) -> bool:
-        return self.state is State.OPEN
-
-    @property
     def closing(self) -> bool:
         """Closing or closed: nothing more is sent, no request is served."""
         return self.state is State.CLOSING or self.state is State.CLOSED

@@ -80,12 +80,8 @@ class Room:
         self.groups.append(group)
         return group
 
-    @property
-    def live_count(self) -> int:
-        return sum(len(group.members) for group in self.groups)
-
     def __len__(self) -> int:
-        return self.live_count + len(self.joining)
+        return sum(len(group.members) for group in self.groups) + len(self.joining)
 
     def __contains__(self, member: Outbox) -> bool:
         return member in self.joining or any(member in group.members for group in self.groups)

@@ -49,9 +49,6 @@ class RoomInterest:
         if not self._has_members(room):
             self._broker.unwatch(room)
 
-    def lingering(self) -> list[str]:
-        return list(self._lingering)
-
     def stop(self) -> None:
         for handle in self._lingering.values():
             handle.cancel()

@@ -97,6 +97,7 @@ class Metrics:
         meter.create_observable_counter(
             "jetsock.gap.repair.messages", callbacks=[repairs(1)], description="Messages fetched by gap repairs"
         )
+
         def by_reason(read: Callable[[], dict[str, int]]) -> Callable[[CallbackOptions], Iterable[Observation]]:
             return lambda _options: [Observation(n, {"jetsock.reason": reason}) for reason, n in read().items()]
 
