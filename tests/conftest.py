@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import nats
+import nats.aio.client
 import pytest
 from aiohttp import web
 
@@ -20,6 +21,20 @@ from edge.app import build_app, make_runner
 from edge.node import Node
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+async def refused_connect(servers: str | list[str], **options: Any) -> Exception:
+    """The error of a NATS connection attempt that must fail; its socket is closed (nats-py leaves it open)."""
+    nc = nats.aio.client.Client()
+    try:
+        await nc.connect(servers, allow_reconnect=False, connect_timeout=2, **options)
+    except Exception as exc:
+        return exc
+    finally:
+        # nats-py leaves a failed attempt's socket open, and close() can wait forever on a failed TLS upgrade.
+        if nc._transport is not None:
+            nc._transport.close()
+    raise AssertionError(f"connecting to {servers} with {sorted(options)} succeeded")
 
 
 @pytest.fixture

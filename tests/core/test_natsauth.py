@@ -7,15 +7,13 @@ import re
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
-from nats.aio.client import Client as NATS
 
 from core.embedded import EmbeddedNats
 from core.natsauth import EDGE_SUBSCRIBE, EDGE_USER, EdgeCredentials, edge_only_config, edge_only_server, edge_publish
-from tests.conftest import Edge, connect, edge_settings
+from tests.conftest import Edge, connect, edge_settings, refused_connect
 
 DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats-server.conf"
 
@@ -73,18 +71,6 @@ async def edge_on_secured(secured: tuple[EmbeddedNats, EdgeCredentials]) -> Asyn
     await edge.stop()
 
 
-async def refused(url: str, **options: Any) -> str:
-    nc = NATS()
-    try:
-        await nc.connect(url, allow_reconnect=False, connect_timeout=2, **options)
-    except nats.errors.Error as exc:
-        return str(exc)
-    finally:
-        if nc._transport is not None:
-            nc._transport.close()
-    raise AssertionError(f"connected with {sorted(options)}")
-
-
 async def test_only_the_edge_connects_and_it_is_fenced(secured: tuple[EmbeddedNats, EdgeCredentials]) -> None:
     server, credentials = secured
     mode = server.config_path.stat().st_mode
@@ -95,7 +81,7 @@ async def test_only_the_edge_connects_and_it_is_fenced(secured: tuple[EmbeddedNa
         {"user": "backend", "password": credentials.password},
         {"token": credentials.password},
     ):
-        assert "authorization violation" in (await refused(server.url, **options)).lower(), options
+        assert "authorization violation" in str(await refused_connect(server.url, **options)).lower(), options
     errors: list[str] = []
 
     async def record(exc: Exception) -> None:

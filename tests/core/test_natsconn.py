@@ -32,7 +32,7 @@ from core.natsconn import connect_options
 from core.settings import Settings, load_settings
 from core.stored import StoredMessage
 from core.stream import desired_config
-from tests.conftest import Edge, connect, edge_settings
+from tests.conftest import Edge, connect, edge_settings, refused_connect
 
 DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats-server.conf"
 EDGE_PASSWORD = "edge-" + secrets.token_hex(8)
@@ -377,20 +377,6 @@ async def roundtrip(edge: Edge, room: str = "chat.a") -> None:
         assert got["msg"]["seq"] == got["ack"]["seq"]
     finally:
         await client.close()
-
-
-async def refused_connect(servers: str | list[str], **options: Any) -> Exception:
-    """The error of a connection attempt that must fail; its socket is closed (nats-py leaves it open)."""
-    nc = NATS()
-    try:
-        await nc.connect(servers, allow_reconnect=False, connect_timeout=2, **options)
-    except Exception as exc:
-        return exc
-    finally:
-        # nats-py leaves a failed attempt's socket open, and close() can wait forever on a failed TLS upgrade.
-        if nc._transport is not None:
-            nc._transport.close()
-    raise AssertionError(f"connecting to {servers} with {sorted(options)} succeeded")
 
 
 class Errors:

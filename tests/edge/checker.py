@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import nats
 
+from core.stored import ID_HEADER
 
-async def stored_seqs(nats_url: str, room: str, stream: str = "ROOMS") -> list[int]:
-    """Every sequence stored for `room`, read straight from the stream."""
+
+@dataclass(frozen=True)
+class Stored:
+    seq: int
+    payload: bytes
+    id: str | None
+    """The client's idempotency key (Jetsock-Id), when it gave one."""
+
+    @property
+    def data(self) -> Any:
+        """The payload, decoded from JSON."""
+        return json.loads(self.payload)
+
+
+async def stored_messages(nats_url: str, room: str, stream: str = "ROOMS") -> list[Stored]:
+    """Every message stored for `room`, in stream order, read straight from the stream (batched direct get)."""
     nc = await nats.connect(nats_url)
     try:
-        seqs: list[int] = []
+        found: list[Stored] = []
         after = 0
         while True:
             inbox = nc.new_inbox()
@@ -22,16 +38,22 @@ async def stored_seqs(nats_url: str, room: str, stream: str = "ROOMS") -> list[i
             got = 0
             while True:
                 msg = await sub.next_msg(timeout=5)
-                if msg.headers and msg.headers.get("Status"):
+                headers = msg.headers or {}
+                if headers.get("Status"):
                     break
-                seqs.append(int(msg.headers["Nats-Sequence"]))
+                found.append(Stored(int(headers["Nats-Sequence"]), msg.data, headers.get(ID_HEADER)))
                 got += 1
             await sub.unsubscribe()
             if not got:
-                return seqs
-            after = seqs[-1]
+                return found
+            after = found[-1].seq
     finally:
         await nc.close()
+
+
+async def stored_seqs(nats_url: str, room: str, stream: str = "ROOMS") -> list[int]:
+    """Every sequence stored for `room`, read straight from the stream."""
+    return [message.seq for message in await stored_messages(nats_url, room, stream)]
 
 
 def check_exact(received: list[dict[str, Any]], stored: list[int], after: int) -> None:

@@ -43,7 +43,7 @@ import jetsock
 from core.embedded import EmbeddedNats
 from core.health import BrokerHealth
 from tests.conftest import Client, Edge, connect, token
-from tests.edge.stream_read import stored_messages
+from tests.edge.checker import stored_messages
 
 ROOM = "hang.room"
 OTHER = "hang.other"

@@ -8,25 +8,10 @@ import stat
 from pathlib import Path
 
 import aiohttp
-import nats
-from nats.aio.client import Client as NATS
 
 from core.natsauth import EDGE_USER
-from tests.conftest import SECRET, Client, connect, wait_ready
+from tests.conftest import SECRET, Client, connect, refused_connect, wait_ready
 from tests.edge.devserver import ServeProcess
-
-
-async def refusal(url: str, **options: str) -> str:
-    """Why NATS refused this connection (it must)."""
-    nc = NATS()
-    try:
-        await nc.connect(url, allow_reconnect=False, connect_timeout=2, **options)
-    except nats.errors.Error as exc:
-        return str(exc)
-    finally:
-        if nc._transport is not None:
-            nc._transport.close()
-    raise AssertionError(f"{url} accepted a client with {sorted(options)}")
 
 
 async def test_embedded_nats_refuses_everyone_but_the_edge_which_works(tmp_path: Path) -> None:
@@ -45,7 +30,7 @@ async def test_embedded_nats_refuses_everyone_but_the_edge_which_works(tmp_path:
         assert joined["type"] == "joined"
         # Anyone else on the machine: refused before they can publish anything, live.rooms.> included.
         for options in ({}, {"user": EDGE_USER, "password": "guess"}, {"user": "backend", "password": "x"}):
-            assert "authorization violation" in (await refusal(edge.nats_url, **options)).lower(), options
+            assert "authorization violation" in str(await refused_connect(edge.nats_url, **options)).lower(), options
         # What is published through the edge (over HTTP, as backends do here) is all the client gets.
         async with (
             aiohttp.ClientSession() as http,

@@ -26,7 +26,7 @@ import aiohttp
 
 from core.embedded import EmbeddedNats
 from tests.conftest import connect
-from tests.edge.stream_read import stored_messages
+from tests.edge.checker import stored_messages
 
 ROOM_A = "pipe.a"
 ROOM_B = "pipe.b"

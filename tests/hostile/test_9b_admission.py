@@ -31,8 +31,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,11 +41,11 @@ import aiohttp
 import nats
 import pytest
 
-from core.embedded import EmbeddedNats, free_port
-from tests.conftest import SECRET, Client, token, wait_ready
+from tests.conftest import Client, token
 from tests.hostile.conftest import Cases
+from tests.hostile.edgeproc import EdgeProcess
 from tests.hostile.rawws import RawWS
-from tests.hostile.support import JETSOCK, raise_nofile_limit
+from tests.hostile.support import raise_nofile_limit
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.hostile("sockets that never authenticate")]
 
@@ -84,65 +82,19 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-@dataclass
-class Edge:
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    nats: EmbeddedNats | None = None
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "edge.log"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.nats = EmbeddedNats(self.workdir / "nats").start()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")}
-        env.update(
-            {
-                "JETSOCK_NATS_URL": self.nats.url,
-                "JETSOCK_JWT_SECRET": SECRET,
-                "JETSOCK_PORT": str(self.port),
-                "JETSOCK_NODE": "hostile-admission-edge",
-                "JETSOCK_LOG_LEVEL": "warning",
-                "JETSOCK_DRAIN_SECONDS": "0.5",
-                "JETSOCK_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-                "JETSOCK_MAX_UNAUTHENTICATED": str(MAX_UNAUTHENTICATED),
-                "JETSOCK_MAX_UNAUTHENTICATED_PER_SOURCE": str(MAX_UNAUTHENTICATED_PER_SOURCE),
-                "JETSOCK_MAX_CONNECTIONS_PER_SOURCE": str(MAX_CONNECTIONS_PER_SOURCE),
-                "JETSOCK_HANDSHAKE_TIMEOUT": str(HANDSHAKE_TIMEOUT),
-                "JETSOCK_AUTH_TIMEOUT": str(AUTH_TIMEOUT),
-            }
-        )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [JETSOCK, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        await wait_ready(self.http, self.process, 30, self.output)
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, 15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
-        if self.nats is not None:
-            self.nats.stop()
+def admission_edge(workdir: Path) -> EdgeProcess:
+    return EdgeProcess(
+        workdir,
+        {
+            "JETSOCK_NODE": "hostile-admission-edge",
+            "JETSOCK_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+            "JETSOCK_MAX_UNAUTHENTICATED": str(MAX_UNAUTHENTICATED),
+            "JETSOCK_MAX_UNAUTHENTICATED_PER_SOURCE": str(MAX_UNAUTHENTICATED_PER_SOURCE),
+            "JETSOCK_MAX_CONNECTIONS_PER_SOURCE": str(MAX_CONNECTIONS_PER_SOURCE),
+            "JETSOCK_HANDSHAKE_TIMEOUT": str(HANDSHAKE_TIMEOUT),
+            "JETSOCK_AUTH_TIMEOUT": str(AUTH_TIMEOUT),
+        },
+    )
 
 
 def refusal_body(response: bytes) -> str | None:
@@ -276,7 +228,7 @@ class ControlLog:
     slowest: float = 0.0
 
 
-async def control_round(edge: Edge, js: Any, n: int) -> float:
+async def control_round(edge: EdgeProcess, js: Any, n: int) -> float:
     """From CONTROL: connect, authenticate, join, receive a backend's publish; the seconds it took."""
     started = time.monotonic()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(CONTROL, 0)))
@@ -298,7 +250,7 @@ async def control_round(edge: Edge, js: Any, n: int) -> float:
     return time.monotonic() - started
 
 
-async def pending_gauge(http: aiohttp.ClientSession, edge: Edge) -> float | None:
+async def pending_gauge(http: aiohttp.ClientSession, edge: EdgeProcess) -> float | None:
     async with http.get(edge.http + "/metrics") as r:
         found = PENDING.search(await r.text())
     return float(found.group(1)) if found else None
@@ -307,7 +259,7 @@ async def pending_gauge(http: aiohttp.ClientSession, edge: Edge) -> float | None
 @pytest.mark.timeout(240)
 async def test_slowloris_and_unauthenticated_sockets_do_not_shut_out_real_clients(tmp_path: Path, cases: Cases) -> None:
     raise_nofile_limit()
-    edge = Edge(tmp_path / "admission")
+    edge = admission_edge(tmp_path / "admission")
     await edge.start()
     assert edge.process is not None and edge.nats is not None
     pid = edge.process.pid

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -36,11 +33,12 @@ import nats
 import pytest
 import pytest_asyncio
 
-from core.embedded import EmbeddedNats, free_port
-from tests.conftest import SECRET, Client, connect, token, wait_ready
+from core.embedded import free_port
+from tests.conftest import Client, connect, token
 from tests.hostile.conftest import Cases
+from tests.hostile.edgeproc import EdgeProcess
 from tests.hostile.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWS, frame
-from tests.hostile.support import JETSOCK, raise_nofile_limit
+from tests.hostile.support import raise_nofile_limit
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.hostile("join and leave floods")]
 
@@ -54,63 +52,21 @@ CHURN_SLACK = 10
 """Subscriptions the server may see added besides one per flooded room (the control's room, inboxes)."""
 
 
-@dataclass
-class FloodEdge:
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
-    nats: EmbeddedNats | None = None
-    process: subprocess.Popen[bytes] | None = None
+class FloodEdge(EdgeProcess):
+    """The class's edge, with the join limits under test and a nats-server whose monitoring counts subscriptions."""
 
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "edge.log"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.nats = EmbeddedNats(self.workdir / "nats", extra_args=["-m", str(self.monitor_port)]).start()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")}
-        env.update(
+    def __init__(self, workdir: Path) -> None:
+        self.monitor_port = free_port()
+        super().__init__(
+            workdir,
             {
-                "JETSOCK_NATS_URL": self.nats.url,
-                "JETSOCK_JWT_SECRET": SECRET,
-                "JETSOCK_PORT": str(self.port),
                 "JETSOCK_NODE": "hostile-join-rate-edge",
-                "JETSOCK_LOG_LEVEL": "warning",
-                "JETSOCK_DRAIN_SECONDS": "0.5",
                 "JETSOCK_JOIN_RATE": str(JOIN_RATE),
                 "JETSOCK_JOIN_BURST": str(JOIN_BURST),
                 "JETSOCK_RATE_LIMIT_STRIKES": str(STRIKES),
-            }
+            },
+            ["-m", str(self.monitor_port)],
         )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [JETSOCK, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        await wait_ready(self.http, self.process, 30, self.output)
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, 15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
-        if self.nats is not None:
-            self.nats.stop()
 
     async def interest_churn(self) -> tuple[int, int]:
         """(subscriptions added, removed) so far, as the nats-server counts them."""
