@@ -160,16 +160,17 @@ def _leave(node: Node, conn: Connection, frame: Leave) -> None:
         conn.error(ErrorCode.NOT_JOINED, f"not a member of {room!r}", ref)
     elif conn.lane_busy(("room", room)):
         # A join of this room is still running: leave after it, in its lane.
-        conn.submit(("room", room), lambda: _leave_now(node, conn, room, ref))
+        conn.submit(("room", room), lambda: _leave_after_join(node, conn, room, ref))
     else:
-        _leave_now_sync(node, conn, room, ref)
+        _leave_now(node, conn, room, ref)
 
 
-async def _leave_now(node: Node, conn: Connection, room: str, ref: Ref) -> None:
-    _leave_now_sync(node, conn, room, ref)
+async def _leave_after_join(node: Node, conn: Connection, room: str, ref: Ref) -> None:
+    """A leave queued in the room's lane behind its join (the lane runs coroutines)."""
+    _leave_now(node, conn, room, ref)
 
 
-def _leave_now_sync(node: Node, conn: Connection, room: str, ref: Ref) -> None:
+def _leave_now(node: Node, conn: Connection, room: str, ref: Ref) -> None:
     if not conn.drop_room(room):
         conn.error(ErrorCode.NOT_JOINED, f"not a member of {room!r}", ref)
         return
