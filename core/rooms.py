@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-MAX_ROOM_LENGTH = 128
-MAX_SEGMENTS = 16
+from schemas.clientrules import MAX_ROOM_LENGTH, MAX_SEGMENTS, ROOM_SEGMENT
+
 ROOM_SUBJECT_PREFIX = "rooms."
 LIVE_SUBJECT_PREFIX = "live.rooms."
 
-_SEGMENT = r"[A-Za-z0-9_-]+"
+# The rule is defined once, in schemas.clientrules, which both clients are generated from.
+_SEGMENT = ROOM_SEGMENT
 # `\Z` rather than `$`: `$` also matches before a trailing newline.
 _ROOM_RE = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT}){{0,{MAX_SEGMENTS - 1}}}\Z", re.ASCII)
 _PATTERN_SEGMENT_RE = re.compile(rf"(?:{_SEGMENT}|\*|>)\Z", re.ASCII)
