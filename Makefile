@@ -19,9 +19,18 @@ run: $(STAMP)
 cluster: $(STAMP) system-deps
 	exec $(BIN)/jetsock cluster
 
-test: $(STAMP) system-deps
+# The JS client's development tools (TypeScript for the type tests, esbuild for the bundle
+# size, ws for the node tests against a real server), pinned by clients/js/package-lock.json.
+JS_DEPS := clients/js/node_modules/.installed
+$(JS_DEPS): clients/js/package.json clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) system-deps $(JS_DEPS)
 	$(BIN)/ruff check core edge schemas clients/python tests bench
 	$(BIN)/mypy
+	$(BIN)/python -m schemas.clientgen --check
+	clients/js/node_modules/.bin/tsc -p tests/js/types
 	node --test tests/js/
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-latest
