@@ -43,7 +43,8 @@ async def play(url: str, program: dict[str, Any]) -> list[Event]:
         else:
             record("state", state)
 
-    client = jetsock.Client(url, token, **program.get("options", {}))
+    # Made without connecting, so that the listener sees the first "connecting" too.
+    client = jetsock.Client(url, token, auto_connect=False)
     client.on_state(on_state)
     if program.get("options", {}).get("auto_connect", True):
         client.connect()

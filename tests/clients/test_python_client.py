@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import aiohttp
 import msgspec
 import pytest
 
 import jetsock
-from core.embedded import EmbeddedNats
+from core.embedded import EmbeddedNats, free_port
+from core.rooms import is_valid_room
+from jetsock import policy
 from jetsock.policy import AT_ONCE_JITTER, RATE_LIMITED_FLOOR, Backoff, Reconnect, decide, reconnect_delay
-from schemas import CloseCode, Joined, Msg, Reset
+from schemas import CloseCode, Joined, Msg, Reset, clientgen, clientrules
 from tests.conftest import Edge, token
 from tests.edge.checker import stored_seqs
 
@@ -113,17 +117,17 @@ async def test_room_drops_what_it_has_seen_and_goes_on_after_a_reset() -> None:
     def msg(seq: int) -> Msg:
         return Msg(room="r", seq=seq, ts=0, data=msgspec.Raw(b"%d" % seq))
 
-    room.on_joined(Joined(room="r", epoch="e1", seq=10, recovered=False), sent_since=None)
+    room.handle_joined(Joined(room="r", epoch="e1", seq=10, recovered=False), sent_since=None)
     assert (room.seq, room.since_for_join(), resets) == (10, (10, "e1"), [])  # live from the head: no reset
     for seq in (9, 10, 11, 11, 13):
-        room.on_msg(msg(seq))
-    room.on_reset(Reset(room="r", epoch="e2", seq=3))  # a new life of the stream: seqs start over
-    room.on_msg(msg(2))
-    room.on_msg(msg(4))
+        room.handle_msg(msg(seq))
+    room.handle_reset(Reset(room="r", epoch="e2", seq=3))  # a new life of the stream: seqs start over
+    room.handle_msg(msg(2))
+    room.handle_msg(msg(4))
     assert room.since_for_join() == (4, "e2")
-    room.on_joined(Joined(room="r", epoch="e2", seq=60, recovered=True), sent_since=4)
+    room.handle_joined(Joined(room="r", epoch="e2", seq=60, recovered=True), sent_since=4)
     assert room.seq == 4  # the replay of (4, 60] follows
-    room.on_joined(Joined(room="r", epoch="e3", seq=50, recovered=False), sent_since=4)
+    room.handle_joined(Joined(room="r", epoch="e3", seq=50, recovered=False), sent_since=4)
     assert room.since_for_join() == (50, "e3")
     assert resets == [
         jetsock.ResetInfo("r", "e2", 3, "reset"),
@@ -131,6 +135,35 @@ async def test_room_drops_what_it_has_seen_and_goes_on_after_a_reset() -> None:
     ]
     room.end(None)
     assert [(m.seq, m.data) async for m in room] == [(11, 11), (13, 13), (4, 4)]
+
+
+async def test_iterators_share_messages_and_nothing_is_lost_between_them() -> None:
+    room = jetsock.Room(cast(Any, None), "r", None, None, None)
+    room.handle_joined(Joined(room="r", epoch="e", seq=0, recovered=False), sent_since=None)
+
+    def deliver(*seqs: int) -> None:
+        for seq in seqs:
+            room.handle_msg(Msg(room="r", seq=seq, ts=0, data=msgspec.Raw(b"%d" % seq)))
+
+    deliver(1)  # before any iterator: kept for the first one
+    one = room.messages()
+    deliver(2)
+    two = room.messages()  # from its start
+    deliver(3)
+    assert [(await anext(one)).seq for _ in range(3)] == [1, 2, 3]
+    assert (await anext(two)).seq == 3
+    await one.aclose()
+    deliver(4)
+    await two.aclose()  # the last iterator: what it did not read waits for the next one
+    deliver(5)
+    async for message in room:
+        assert message.seq == 4
+        break  # dropping an iterator detaches it too, keeping what it did not read
+    deliver(6)
+    assert [m.seq for m in await take(room, 2)] == [5, 6]
+    room.end(jetsock.RoomLeft("r", "forbidden"))
+    with pytest.raises(jetsock.RoomLeft):
+        await anext(room.messages())
 
 
 # --- against a real edge -------------------------------------------------------
@@ -214,8 +247,8 @@ async def test_connect_join_publish_receive(edge: Edge, backend: Any) -> None:
         first, second = await take(room, 2)
         assert (first.seq, first.data, first.id, first.from_) == (ack.seq, {"text": "hi"}, "m1", "alice")
         assert (second.seq, second.data, second.from_) == (backend_seq, "not json", None)
-        with pytest.raises(jetsock.ServerError) as refused:
-            await client.join("bad room")
+        with pytest.raises(jetsock.InvalidRoom) as refused:
+            client.join("bad room")  # refused before sending, as the server would
         assert refused.value.code == "invalid_room"
         with pytest.raises(ValueError):
             await client.join("chat.lobby")
@@ -351,7 +384,7 @@ async def test_4501_with_the_same_token_closes(edge: Edge) -> None:
         states = States(client)
         with pytest.raises(jetsock.ClosedError) as closed:
             await client.join("chat.a")
-        assert closed.value.code == 4501
+        assert (closed.value.code, closed.value.close_code, closed.value.logged_out) == ("closed", 4501, False)
         assert states.names()[-1] == "closed" and states.seen[-1][1]["code"] == 4501
         assert "reconnecting" not in states.names()
 
@@ -475,3 +508,446 @@ async def test_a_rate_limited_publish_is_sent_again_with_the_same_id_and_stored_
     seqs = sorted(seq for seq, _duplicate in acks)
     assert len(set(seqs)) == 6, acks
     assert await stored_seqs(nats_server.url, "chat.limited") == seqs, "each stored once"
+
+
+# --- the rules: the policy is jetsock.rules, which is schemas.clientrules -------------
+
+
+def test_rules_module_is_generated_from_schemas() -> None:
+    assert clientgen.PY.read_text() == clientgen.py_module(), "run python -m schemas.clientgen --write"
+
+
+def test_decide_is_the_close_rule_of_schemas_for_every_code() -> None:
+    codes: list[int | None] = [None, *range(1000, 1016), 3000, *range(4000, 5000)]
+    for code in codes:
+        rule = clientrules.close_rule(code)
+        decision = decide(code)
+        assert (decision.reconnect.value, decision.fresh_token, decision.min_delay) == (
+            rule.action.value,
+            rule.fresh_token,
+            rule.min_delay_ms / 1000,
+        ), code
+
+
+def test_the_client_s_defaults_are_the_rules() -> None:
+    assert Backoff() == Backoff(
+        base=clientrules.BACKOFF_BASE_MS / 1000,
+        factor=clientrules.BACKOFF_FACTOR,
+        cap=clientrules.BACKOFF_CAP_MS / 1000,
+        reset_after=clientrules.STABLE_AFTER_MS / 1000,
+    )
+    assert AT_ONCE_JITTER == clientrules.AT_ONCE_JITTER_MS / 1000
+    assert {code.value for code in clientrules.RETRYABLE_ERRORS} == policy.RETRYABLE_ERRORS
+    defaults = clientrules.CLIENT_DEFAULTS
+    parameters = inspect.signature(jetsock.Client).parameters
+    options = {name: p.default for name, p in parameters.items() if name not in ("url", "token", "backoff", "draw")}
+    assert options == {
+        "auto_connect": True,
+        "publish_timeout": defaults.publish_timeout_ms / 1000,
+        "dead_after": defaults.dead_after_ms / 1000,
+        "connect_timeout": defaults.connect_timeout_ms / 1000,
+        "request_timeout": defaults.request_timeout_ms / 1000,
+        "max_queued": defaults.max_queued,
+        "max_pending_publishes": None,
+        "max_frame_bytes": defaults.max_frame_bytes,
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a",
+        "chat.lobby",
+        "A-b_c.9",
+        "x" * 128,
+        ".".join(["s"] * 16),
+        "",
+        "x" * 129,
+        ".".join(["s"] * 17),
+        "bad room",
+        "chat.*",
+        "chat.>",
+        "chat..x",
+        ".chat",
+        "chat.",
+        "chat\n",
+        "é",
+    ],
+)
+def test_room_names_are_checked_like_the_server_does(name: str) -> None:
+    valid = is_valid_room(name) and name != ""
+    assert (policy.room_name_error(name) is None) == valid
+    client = jetsock.Client("ws://127.0.0.1:1/ws", "t", auto_connect=False)
+    if valid:
+        assert client.join(name).state == "joining"
+    else:
+        with pytest.raises(jetsock.InvalidRoom) as refused:
+            client.join(name)
+        assert (refused.value.code, refused.value.room, isinstance(refused.value, ValueError)) == (
+            "invalid_room",
+            name,
+            True,
+        )
+
+
+def test_errors_are_data() -> None:
+    closed = jetsock.ClosedError("bye", close_code=1000)
+    about = closed.about(room="r", id="p1")
+    assert (about.code, about.close_code, about.logged_out, about.room, about.id, str(about)) == (
+        "closed",
+        1000,
+        False,
+        "r",
+        "p1",
+        str(closed),
+    )
+    assert closed.room is None  # a copy per publish
+    out = jetsock.ClosedError("logged out", close_code=4501, logged_out=True)
+    assert (out.code, out.close_code) == ("logged_out", 4501)
+    assert jetsock.ServerError("forbidden", "no").code == "forbidden"
+    assert jetsock.RoomLeft("r", "forbidden").code == "left"
+    assert jetsock.PublishQueueFull("full").code == "queue_full"
+    assert jetsock.FrameTooLarge("big").code == "too_large"
+    assert jetsock.AlreadyJoined("twice").code == "already_joined"
+    timeout = jetsock.PublishTimeout("slow", room="r", id="p")
+    assert (timeout.code, isinstance(timeout, TimeoutError), isinstance(timeout, jetsock.RequestTimeout)) == (
+        "timeout",
+        True,
+        True,
+    )
+
+
+# --- lifecycle: rooms, listeners, iterators, connect/disconnect, timeouts, logout --------------
+
+
+async def http_publish(edge: Edge, room: str, data: Any) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{edge.http}/v1/rooms/{room}/messages", json=data, headers={"Authorization": "Bearer " + token()}
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
+        seq: int = (await response.json())["seq"]
+        return seq
+
+
+class RoomStates:
+    """Records a room's state changes."""
+
+    def __init__(self, room: jetsock.Room) -> None:
+        self.seen: list[tuple[str, jetsock.RoomInfo]] = []
+        room.on_state(lambda state, info: self.seen.append((state, info)))
+
+    def names(self) -> list[str]:
+        return [state for state, _ in self.seen]
+
+
+async def test_join_returns_a_joining_room_whose_ready_is_the_joined_frame(edge: Edge, backend: Any) -> None:
+    head = (await backend.jetstream().publish("rooms.chat.ready", b"0")).seq
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        room = client.join("chat.ready")
+        states = RoomStates(room)
+        assert (room.state, room.active, room.seq, room.error) == ("joining", True, None, None)
+        info = await room.ready(timeout=5)
+        assert info == jetsock.JoinedInfo(edge.node.broker.epoch, head, False)
+        assert (room.state, room.seq, room.epoch, room.recovered, room.joined) == (
+            "joined",
+            head,
+            info.epoch,
+            False,
+            info,
+        )
+        assert await room.ready() == info  # at once when joined
+        assert await room is room  # awaiting the room is awaiting ready()
+        assert states.seen == [("joined", info)]
+        with pytest.raises(jetsock.AlreadyJoined):
+            client.join("chat.ready")
+        await room.leave()
+        assert (room.state, room.error, states.seen[-1]) == ("left", None, ("left", jetsock.LeftInfo("left", None)))
+        with pytest.raises(jetsock.RoomLeft) as left:
+            await room.ready()
+        assert (left.value.code, left.value.reason) == ("left", "left")
+
+
+async def test_a_refused_join_leaves_the_room_and_ready_raises_the_server_error(make_edge: Any) -> None:
+    edge = await make_edge(max_rooms_per_connection=1)
+    async with jetsock.connect(edge.url, token=token(join=["chat.*"]), backoff=FAST) as client:
+        forbidden = client.join("secret.plans")
+        reader = asyncio.create_task(take(forbidden, 1))
+        with pytest.raises(jetsock.ServerError) as refused:
+            await forbidden.ready(timeout=5)
+        assert (refused.value.code, refused.value.room) == ("forbidden", "secret.plans")
+        assert (forbidden.state, forbidden.error) == ("left", refused.value)
+        with pytest.raises(jetsock.RoomLeft) as left:
+            await reader  # an iterator raises RoomLeft with the refusal
+        assert (left.value.reason, left.value.error) == ("forbidden", refused.value)
+        with pytest.raises(jetsock.ServerError):
+            await forbidden  # `await client.join(...)` raises it as before
+
+        first = await client.join("chat.one")
+        with pytest.raises(jetsock.ServerError) as full:
+            await client.join("chat.two")
+        assert full.value.code == "too_many_rooms"
+        assert first.state == "joined" and client.rooms == {"chat.one": first}
+        again = client.join("chat.two")  # a refused room may be joined again once there is room
+        await first.leave()
+        with pytest.raises(jetsock.ServerError):
+            await again.ready(timeout=5)  # it was refused before the leave took effect
+        assert (await client.join("chat.two").ready(timeout=5)).seq == 0
+
+
+async def test_rate_limited_joins_are_retried_the_first_time_too(make_edge: Any) -> None:
+    edge = await make_edge(join_rate=4, join_burst=1)
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        await client.ready(timeout=5)
+        rooms = [client.join(f"chat.burst{n}") for n in range(3)]
+        infos = await asyncio.wait_for(asyncio.gather(*(room.ready() for room in rooms)), 20)
+        assert [room.state for room in rooms] == ["joined"] * 3
+        assert all(info.seq == 0 for info in infos)
+
+
+async def test_listeners_and_iterators_each_get_every_message(
+    edge: Edge, backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard: dict[str, list[int]] = {"a": [], "b": [], "async": []}
+
+    def broken(message: jetsock.Message) -> None:
+        raise RuntimeError("a broken listener")
+
+    async def slow(message: jetsock.Message) -> None:
+        await asyncio.sleep(0)
+        heard["async"].append(message.seq)
+
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        room = await client.join("chat.many")
+        room.on_message(lambda m: heard["a"].append(m.seq))
+        room.on_message(broken)
+        remove = room.on_message(lambda m: heard["b"].append(m.seq))
+        room.on_message(slow)
+        first = room.messages()
+        second = asyncio.create_task(take(room, 3))
+        await asyncio.sleep(0)  # the second iterator starts
+        js = backend.jetstream()
+        seqs = [(await js.publish("rooms.chat.many", json.dumps(n).encode())).seq for n in range(3)]
+        got = []
+        async with asyncio.timeout(5):
+            async for message in first:
+                got.append(message.seq)
+                if len(got) == 3:
+                    break
+        assert got == [m.seq for m in await second] == seqs
+        await asyncio.sleep(0.05)
+        assert heard == {"a": seqs, "b": seqs, "async": seqs}
+        assert "message listener of room chat.many failed" in caplog.text
+        remove()
+        late = room.messages()  # starts now: gets only what comes next
+        fourth = (await js.publish("rooms.chat.many", b"3")).seq
+        assert [m.seq async for m in _first(late)] == [fourth]
+        assert heard["b"] == seqs and heard["a"] == [*seqs, fourth]
+        ending = room.messages()
+        await room.leave()
+        assert [m async for m in ending] == []  # iterators end when the room leaves
+        assert [m async for m in room] == []
+
+
+async def _first(iterator: jetsock.Messages) -> Any:
+    async with asyncio.timeout(5):
+        async for message in iterator:
+            yield message
+            return
+
+
+async def test_auto_connect_false_waits_for_connect(edge: Edge) -> None:
+    client = jetsock.Client(edge.url, token(), auto_connect=False, backoff=FAST)
+    states = States(client)
+    try:
+        async with client:
+            assert client.state == "idle"
+            # Works before connecting. since=0: from the room's start, since the join and the publish
+            # run side by side on the server (the publish may be stored before the join starts).
+            room = client.join("chat.idle", since=0)
+            publish = asyncio.create_task(room.publish("queued", id="idle-1"))
+            await asyncio.sleep(0.2)
+            assert (client.state, room.state, publish.done(), states.names()) == ("idle", "joining", False, [])
+            client.connect()
+            client.connect()  # already connecting: nothing more
+            await client.ready(timeout=5)
+            assert states.names() == ["connecting", "connected"]
+            await room.ready(timeout=5)
+            ack = await asyncio.wait_for(publish, 5)
+            (message,) = await take(room, 1)
+            assert (message.seq, message.id, message.data) == (ack.seq, "idle-1", "queued")
+    finally:
+        await client.close()
+    assert client.state_info == {"code": 1000, "reason": "closed by the application", "loggedOut": False}
+    with pytest.raises(jetsock.ClosedError) as closed:
+        client.connect()
+    assert (closed.value.code, closed.value.close_code) == ("closed", 1000)
+    with pytest.raises(jetsock.ClosedError):
+        await client.ready()
+
+
+async def test_disconnect_keeps_rooms_and_publishes_and_connect_resumes_with_since(
+    edge: Edge, nats_server: EmbeddedNats
+) -> None:
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        states = States(client)
+        room = await client.join("chat.pause")
+        room_states = RoomStates(room)
+        reader = room.messages()
+        before = await room.publish("before")
+        await client.disconnect()
+        assert (client.state, room.state, client.state_info["code"]) == ("disconnected", "joining", 1000)
+        await client.disconnect()  # already disconnected: nothing more
+        during = [await http_publish(edge, "chat.pause", {"n": n}) for n in range(3)]
+        offline = asyncio.create_task(room.publish("while disconnected", id="pause-1"))
+        await asyncio.sleep(0.3)
+        assert not offline.done() and client.state == "disconnected"
+        client.connect()
+        info = await room.ready(timeout=5)
+        assert info.recovered is True and room.recovered is True
+        ack = await asyncio.wait_for(offline, 5)
+        got: list[jetsock.Message] = []
+        async with asyncio.timeout(5):
+            async for message in reader:
+                got.append(message)
+                if len(got) == 5:
+                    break
+        assert states.names() == ["connected", "disconnected", "connecting", "connected"]
+        assert room_states.names() == ["joining", "joined"]
+    stored = await stored_seqs(nats_server.url, "chat.pause")
+    assert stored == [before.seq, *during, ack.seq]
+    assert [m.seq for m in got] == stored  # nothing lost, nothing twice
+    assert [m.data for m in got] == ["before", {"n": 0}, {"n": 1}, {"n": 2}, "while disconnected"]
+
+
+async def test_ready_and_publish_time_out(edge: Edge, nats_server: EmbeddedNats) -> None:
+    nowhere = f"ws://127.0.0.1:{free_port()}/ws"
+    async with jetsock.connect(nowhere, token=token(), backoff=FAST) as lost:
+        with pytest.raises(jetsock.RequestTimeout) as timed_out:
+            await lost.ready(timeout=0.3)
+        assert timed_out.value.code == "timeout" and isinstance(timed_out.value, TimeoutError)
+        assert lost.state == "reconnecting"
+        with pytest.raises(TimeoutError):
+            await lost.join("chat.nowhere").ready(timeout=0.1)
+
+    client = jetsock.connect(edge.url, token=token(), backoff=FAST, auto_connect=False, publish_timeout=0.2)
+    async with client:
+        with pytest.raises(jetsock.PublishTimeout) as late:
+            await client.publish("chat.slow", "never sent", id="slow-1")  # the client's publish_timeout
+        assert (late.value.code, late.value.room, late.value.id) == ("timeout", "chat.slow", "slow-1")
+        with pytest.raises(jetsock.PublishTimeout):
+            await client.publish("chat.slow", "never sent either", timeout=0.1)  # its own timeout
+        client.connect()
+        ack = await client.publish("chat.slow", "sent", timeout=0)  # 0: no limit
+        assert await stored_seqs(nats_server.url, "chat.slow") == [ack.seq]  # timed out: never sent
+
+
+async def test_a_logged_out_token_source_closes_the_client_at_once(edge: Edge) -> None:
+    reasons: list[str] = []
+
+    async def source(reason: jetsock.TokenReason) -> str | None:
+        reasons.append(reason)
+        return None
+
+    client = jetsock.Client(edge.url, source, backoff=FAST, auto_connect=False)
+    states = States(client)
+    room = client.join("chat.out")
+    reader = asyncio.create_task(take(room, 1))
+    publish = asyncio.create_task(client.publish("chat.out", 1, id="out-1"))
+    await asyncio.sleep(0)
+    async with client:
+        client.connect()
+        with pytest.raises(jetsock.ClosedError) as closed:
+            await client.ready(timeout=5)
+        assert (closed.value.code, closed.value.close_code, closed.value.logged_out) == ("logged_out", 4501, True)
+        with pytest.raises(jetsock.ClosedError) as failed:
+            await publish
+        assert (failed.value.code, failed.value.room, failed.value.id) == ("logged_out", "chat.out", "out-1")
+        with pytest.raises(jetsock.ClosedError):
+            await reader  # the room's iterator raises it too
+        assert room.error is not None and room.error.code == "logged_out"
+        with pytest.raises(jetsock.ClosedError) as refused:
+            await client.publish("chat.out", 2)
+        assert refused.value.code == "logged_out"
+    assert reasons == ["connect"]
+    assert states.names() == ["connecting", "closed"]
+    assert states.seen[-1][1] == {"code": 4501, "reason": "logged out", "loggedOut": True}
+
+
+async def test_logged_out_after_the_token_expired_4001(make_edge: Any) -> None:
+    edge = await make_edge(refresh_before=0)
+    first = token(ttl=1)
+    reasons: list[str] = []
+
+    def source(reason: jetsock.TokenReason) -> str | None:
+        reasons.append(reason)
+        return None if reason == "expired" else first  # "refresh": the same token, so nothing is sent
+
+    async with jetsock.connect(edge.url, token=source, backoff=FAST) as client:
+        states = States(client)
+        room = await client.join("chat.expire")
+        with pytest.raises(jetsock.ClosedError) as closed:
+            await take(room, 1, timeout=10)
+        assert closed.value.code == "logged_out"
+        assert client.state == "closed" and client.state_info["loggedOut"] is True
+        # The token is asked for at the attempt after 4001 (PROTOCOL.md 9.11): that attempt stops.
+        assert states.names()[-3:] == ["reconnecting", "connecting", "closed"]
+    assert reasons[0] == "connect" and reasons[-1] == "expired"
+    assert set(reasons) <= {"connect", "refresh", "expired"}
+
+
+async def test_logged_out_when_asked_for_a_refresh(make_edge: Any) -> None:
+    edge = await make_edge(refresh_before=1.5)
+    reasons: list[str] = []
+
+    def source(reason: jetsock.TokenReason) -> str | None:
+        reasons.append(reason)
+        return None if reason == "refresh" else token(ttl=2)
+
+    async with jetsock.connect(edge.url, token=source, backoff=FAST) as client:
+        states = States(client)
+        room = await client.join("chat.refresh")
+        info = await states.wait("closed", timeout=5)
+        assert info == {"code": 4501, "reason": "logged out", "loggedOut": True}
+        assert (room.state, room.error is not None and room.error.code) == ("left", "logged_out")
+        with pytest.raises(jetsock.ClosedError) as closed:
+            await client.publish("chat.refresh", 1)
+        assert (closed.value.code, closed.value.room) == ("logged_out", "chat.refresh")
+        assert states.names() == ["connected", "closed"]
+    assert reasons == ["connect", "refresh"]
+
+
+async def test_zero_argument_token_sources_and_bad_tokens(edge: Edge) -> None:
+    values: list[object] = ["", 42, token()]
+
+    async def source() -> Any:
+        return values.pop(0)
+
+    async with jetsock.connect(edge.url, token=source, backoff=FAST) as client:
+        states = States(client)
+        await client.ready(timeout=5)
+        failures = [info for state, info in states.seen if state == "reconnecting"]
+        assert [info["attempt"] for info in failures] == [1, 2]
+        assert all("bad_token" in info["reason"] for info in failures)
+        assert values == []
+
+
+async def test_a_join_after_a_leave_waits_for_the_left(edge: Edge, backend: Any) -> None:
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        await client.ready(timeout=5)
+        for _ in range(3):
+            # Join, leave while the join runs and join again, all at once: the server would answer the
+            # second join `bad_request` (still a member) if it were sent before the first leave's `left`.
+            first = client.join("chat.again")
+            leaving = first.leave()
+            again = client.join("chat.again")
+            assert first.state == "left" and again.state == "joining"
+            info = await again.ready(timeout=5)
+            await leaving
+            seq = (await backend.jetstream().publish("rooms.chat.again", b'"hello"')).seq
+            (message,) = await take(again, 1)
+            assert (message.seq, info.recovered) == (seq, False)
+            await again.leave()
+            assert [m async for m in first] == []

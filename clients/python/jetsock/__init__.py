@@ -11,46 +11,79 @@ async with jetsock.connect("wss://example.com/ws", token=get_token) as client:
         print(message.seq, message.data)
 ```
 
-The client reconnects by itself (PROTOCOL.md section 7), rejoins every room
-with the last seq it received, drops what it has already seen, resends
-unacked publishes with their idempotency id, and refreshes the token when the
-server says it is expiring. `jetsock.policy` holds the pure reconnect rules.
+The client reconnects by itself (PROTOCOL.md sections 7 and 9.11), rejoins
+every room with the last seq it delivered, drops what it has already seen,
+resends unacked publishes with their idempotency id, and refreshes the token
+when the server says it is expiring. Every rule comes from `jetsock.rules`,
+generated from the same source as the JS client's; `jetsock.policy` holds the
+pure reconnect arithmetic on top of them. See clients/python/README.md.
 """
 
 from jetsock.client import Client, Options, connect
 from jetsock.errors import (
+    AlreadyJoined,
     ClosedError,
     FrameTooLarge,
+    InvalidRoom,
     JetsockError,
     PublishQueueFull,
+    PublishTimeout,
+    RequestTimeout,
     RoomLeft,
     ServerError,
 )
 from jetsock.policy import Backoff, CloseDecision, Reconnect, decide, reconnect_delay
-from jetsock.reconnect import TokenSource
-from jetsock.room import Ack, Message, ResetCallback, ResetInfo, Room
+from jetsock.reconnect import TokenReason, TokenSource
+from jetsock.room import (
+    Ack,
+    JoinedInfo,
+    LeftInfo,
+    Message,
+    MessageListener,
+    Messages,
+    ResetCallback,
+    ResetInfo,
+    Room,
+    RoomInfo,
+    RoomState,
+    RoomStateListener,
+)
+from jetsock.rules import ErrorCode
 from jetsock.state import State, StateInfo, StateListener
 
 __all__ = [
     "Ack",
+    "AlreadyJoined",
     "Backoff",
     "Client",
     "CloseDecision",
     "ClosedError",
+    "ErrorCode",
     "FrameTooLarge",
+    "InvalidRoom",
     "JetsockError",
+    "JoinedInfo",
+    "LeftInfo",
     "Message",
+    "MessageListener",
+    "Messages",
     "Options",
     "PublishQueueFull",
+    "PublishTimeout",
     "Reconnect",
+    "RequestTimeout",
     "ResetCallback",
     "ResetInfo",
     "Room",
+    "RoomInfo",
     "RoomLeft",
+    "RoomState",
+    "RoomStateListener",
     "ServerError",
     "State",
     "StateInfo",
     "StateListener",
+    "TokenReason",
     "TokenSource",
     "connect",
     "decide",

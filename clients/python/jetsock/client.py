@@ -2,7 +2,8 @@
 
 The application sees rooms that never lose or repeat a message and publishes
 that resolve once stored; the connection underneath may drop, drain or expire
-any number of times. To make that true the client keeps, across connections:
+any number of times, or be closed by `disconnect()` and opened again by
+`connect()`. To make that true the client keeps, across connections:
 
 - each room's position (epoch, last seq), to rejoin with `since`;
 - every publish not yet acked, with its idempotency `id`, to resend it as is;
@@ -10,7 +11,9 @@ any number of times. To make that true the client keeps, across connections:
 
 Each connection is a `jetsock.link.Link`, read by the client's one task.
 Frames are handled in the order they arrive, so a room's `joined`, its replay
-and its live messages are applied in exactly the server's order.
+and its live messages are applied in exactly the server's order. Every rule
+(close codes, delays, limits, room names) comes from `jetsock.rules`
+(PROTOCOL.md section 9.11), like the JS client's.
 """
 
 from __future__ import annotations
@@ -20,18 +23,28 @@ import itertools
 import logging
 import random
 import uuid
-from collections.abc import Callable, Coroutine
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
 
 import aiohttp
 import msgspec
 
-from jetsock.errors import ClosedError, FrameTooLarge, PublishQueueFull, RoomLeft, ServerError
+from jetsock import rules
+from jetsock.errors import (
+    AlreadyJoined,
+    ClosedError,
+    FrameTooLarge,
+    InvalidRoom,
+    PublishQueueFull,
+    PublishTimeout,
+    RequestTimeout,
+    RoomLeft,
+    ServerError,
+)
 from jetsock.link import Disconnected, Link, Outcome
-from jetsock.policy import RETRYABLE_PUBLISH_ERRORS, Backoff
-from jetsock.reconnect import Tokens, TokenSource, reconnect_forever
+from jetsock.policy import RETRYABLE_ERRORS, Backoff, room_name_error
+from jetsock.reconnect import BadToken, Tokens, TokenSource, logged_out, reconnect_forever
 from jetsock.room import Ack, ResetCallback, Room
 from jetsock.state import State, StateInfo, StateListener, States
 from schemas import Ack as AckFrame
@@ -60,12 +73,25 @@ MAX_ID_LENGTH = 256
 _encode = msgspec.json.Encoder().encode
 
 
+class _Done:
+    """An awaitable that is already done (a leave with nothing to wait for)."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
 class _Publish:
     """A publish until its `ack`: the frame is kept as text so a resend is byte for byte the same."""
 
-    __slots__ = ("frame", "future", "tries")
+    __slots__ = ("frame", "future", "id", "room", "tries")
 
-    def __init__(self, frame: str, future: asyncio.Future[Ack]) -> None:
+    def __init__(self, room: str, id: str, frame: str, future: asyncio.Future[Ack]) -> None:
+        self.room = room
+        self.id = id
         self.frame = frame
         self.future = future
         self.tries = 0
@@ -75,10 +101,13 @@ class _Publish:
 class Options(TypedDict, total=False):
     """The keyword options of `connect` (see `Client`)."""
 
+    auto_connect: bool
+    publish_timeout: float
     backoff: Backoff
     dead_after: float
     connect_timeout: float
     request_timeout: float
+    max_queued: int
     max_pending_publishes: int
     max_frame_bytes: int
     draw: Callable[[], float]
@@ -87,8 +116,8 @@ class Options(TypedDict, total=False):
 def connect(url: str, *, token: TokenSource, **options: Unpack[Options]) -> Client:
     """A client for the jetsock edge at `url` (`ws://host:port/ws`); use it with `async with`.
 
-    The connection is made in the background: `async with` returns at once,
-    and `join` and `publish` wait for it. See `Client` for the options.
+    The connection is made in the background: `async with` returns at once
+    (`await client.ready()` waits for it). See `Client` for the options.
     """
     return Client(url, token, **options)
 
@@ -96,15 +125,22 @@ def connect(url: str, *, token: TokenSource, **options: Unpack[Options]) -> Clie
 class Client:
     """A jetsock connection that survives reconnects.
 
-    Options:
+    `token` is a str, or a function (plain or async; given the `TokenReason`
+    when it takes an argument) returning a token, or None for "logged out".
+
+    Options (the defaults are `jetsock.rules`', shared with the JS client):
+    - `auto_connect`: start connecting when made inside a running event loop,
+      else on `async with`; False: stay `idle` until `connect()`;
+    - `publish_timeout`: seconds a publish waits for its ack (0: no limit,
+      the default; a publish's own `timeout` wins);
     - `backoff`: reconnect delays (full jitter, base 1 s, x2, cap 30 s, reset
-      after 10 s connected, as PROTOCOL.md section 7 asks);
+      after 10 s connected);
     - `dead_after`: seconds to wait for any frame after an idle-time `ping`
       before declaring the connection dead and reconnecting;
-    - `connect_timeout`: seconds for the handshake and the `welcome`;
+    - `connect_timeout`: seconds for the handshake and the `welcome` together;
     - `request_timeout`: seconds `leave` and `refresh` wait for their reply;
-    - `max_pending_publishes`: publishes awaiting their `ack` (the queue kept
-      while disconnected); past it `publish` raises `PublishQueueFull`;
+    - `max_queued` (formerly `max_pending_publishes`): publishes not yet
+      acked, queued or in flight; past it `publish` raises `PublishQueueFull`;
     - `max_frame_bytes`: the server's limit, checked before sending;
     - `draw`: the random source for jitter (tests make it deterministic).
     """
@@ -114,21 +150,26 @@ class Client:
         url: str,
         token: TokenSource,
         *,
+        auto_connect: bool = True,
+        publish_timeout: float = rules.PUBLISH_TIMEOUT,
         backoff: Backoff | None = None,
-        dead_after: float = 10.0,
-        connect_timeout: float = 10.0,
-        request_timeout: float = 10.0,
-        max_pending_publishes: int = 1000,
-        max_frame_bytes: int = 65536,
+        dead_after: float = rules.DEAD_AFTER,
+        connect_timeout: float = rules.CONNECT_TIMEOUT,
+        request_timeout: float = rules.REQUEST_TIMEOUT,
+        max_queued: int = rules.MAX_QUEUED,
+        max_pending_publishes: int | None = None,
+        max_frame_bytes: int = rules.MAX_FRAME_BYTES,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.url = url
         self._tokens = Tokens(token)
+        self._auto_connect = auto_connect
+        self._publish_timeout = publish_timeout
         self._backoff = backoff or Backoff()
         self._dead_after = dead_after
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
-        self._max_pending = max_pending_publishes
+        self._max_queued = max_pending_publishes if max_pending_publishes is not None else max_queued
         self._max_frame_bytes = max_frame_bytes
         self._draw = draw
 
@@ -148,11 +189,19 @@ class Client:
         """The last `welcome`: `session`, `node`, `heartbeat`, `exp`."""
         self.exp: int | None = None
         """Expiry (unix s) of the token the server holds, from `welcome` or `refreshed`."""
+        if auto_connect:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # Made outside an event loop: `async with` (or `connect()`) starts it.
+            else:
+                self.connect()
 
     # --- lifecycle ----------------------------------------------------------
 
     async def __aenter__(self) -> Client:
-        self.start()
+        if self._auto_connect and self.state == "idle":
+            self.connect()
         return self
 
     async def __aexit__(
@@ -160,27 +209,46 @@ class Client:
     ) -> None:
         await self.close()
 
-    def start(self) -> None:
-        """Start connecting in the background (done by `async with`)."""
-        if self._task is not None or self._closed is not None:
+    def connect(self) -> None:
+        """Start connecting in the background (from `idle` or `disconnected`; otherwise nothing to do).
+
+        Rooms and unacked publishes kept by `disconnect()` resume on the new
+        connection. Raises `ClosedError` after `close()`.
+        """
+        self._check_open()
+        if self._task is not None:
             return
-        self._http = aiohttp.ClientSession()
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"jetsock {self.url}")
         self._states.set("connecting", {})
 
+    start = connect
+    """The former name of `connect`."""
+
+    async def disconnect(self) -> None:
+        """Close the connection (code 1000) and stay `disconnected` until `connect()`.
+
+        Rooms (back to `joining`), their positions and unacked publishes are
+        kept; `connect()` rejoins with `since` and resends them.
+        """
+        task, self._task = self._task, None
+        if self._closed is not None or task is None:
+            return
+        self._states.set("disconnected", {"code": 1000, "reason": "disconnected by the application"})
+        task.cancel()
+        await asyncio.wait({task})
+
     async def close(self) -> None:
-        """Close for good: room iterators end, pending joins and publishes raise `ClosedError`."""
-        self._finish(ClosedError(None, "closed by the application"), by_application=True)
+        """Close for good (code 1000): room iterators end, waiting joins and publishes raise `ClosedError`."""
+        self._finish(ClosedError("closed by the application", close_code=1000), by_application=True)
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})
         for aux in list(self._aux):
             aux.cancel()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._release_http()
 
     # --- state --------------------------------------------------------------
 
@@ -192,6 +260,11 @@ class Client:
     def state_info(self) -> StateInfo:
         return self._states.info
 
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """The rooms not left, by name (a copy)."""
+        return dict(self._rooms)
+
     def on_state(self, listener: StateListener) -> Callable[[], None]:
         """Call `listener(state, info)` on every state change; returns a function that removes it.
 
@@ -200,105 +273,153 @@ class Client:
         """
         return self._states.listen(listener)
 
-    async def wait_connected(self) -> None:
-        """Wait for the state `connected`; raises `ClosedError` if the client closes first."""
-        while self._states.current != "connected":
-            if self._closed is not None:
-                raise self._closed
-            await self._states.changed()
+    async def ready(self, timeout: float | None = None) -> None:
+        """Wait for the state `connected`.
+
+        Raises `ClosedError` (code "closed", or "logged_out") if the client
+        closes first, `RequestTimeout` (code "timeout") after `timeout` seconds.
+        """
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                while self._states.current != "connected":
+                    self._check_open()
+                    await self._states.changed()
+        except TimeoutError:
+            if deadline.expired():
+                raise RequestTimeout(f"not connected within {timeout:g} s") from None
+            raise
+
+    wait_connected = ready
+    """The former name of `ready`."""
 
     # --- the application's requests -----------------------------------------
 
-    async def join(
+    def join(
         self,
         room: str,
         since: int | None = None,
         epoch: str | None = None,
         on_reset: ResetCallback | None = None,
     ) -> Room:
-        """Join `room` and return it once the server answered `joined`.
+        """Join `room`; returns the Room at once, `joining` (`await` it, or `room.ready()`, for `joined`).
 
         With `since` (and the `epoch` it belongs to) the stored messages after
         it are replayed first; without, delivery starts at the room's head.
         When continuity is lost (`recovered: false` for a `since`, or a
-        `reset`), `on_reset(room, info)` is called before any message after
-        `info.seq` is queued. The room stays joined across reconnects. A
-        refusal raises `ServerError` (`forbidden`, `invalid_room`,
-        `unavailable`, ...).
+        `reset`), the reset listeners (`on_reset(room, info)`) are called
+        before any message after `info.seq`. The room stays joined across
+        reconnects. Works before `connect()`: the join is sent once connected.
+
+        Raises at once `InvalidRoom` (code "invalid_room", a name the server
+        would refuse), `AlreadyJoined` or `ClosedError`. A refusal by the
+        server (`forbidden`, `too_many_rooms`, ...) leaves the room, and
+        `ready()` raises it as `ServerError`; `rate_limited` and
+        `unavailable` are retried by the client.
         """
-        self._check_open()
+        self._check_open(room)
+        problem = room_name_error(room)
+        if problem is not None:
+            raise InvalidRoom(problem, room=room)
         if room in self._rooms:
-            raise ValueError(f"already joined {room!r}: leave it first")
+            raise AlreadyJoined(f"already joined {room!r}: leave it first", room=room)
         member = Room(self, room, since, epoch, on_reset)
         self._rooms[room] = member
-        try:
-            link = self._link
-            if link is not None:
-                await self._send_join(link, member)
-            await member.wait_joined()
-        except ServerError:
-            # Refused: the server holds no membership to leave.
-            if self._rooms.get(room) is member:
-                del self._rooms[room]
-            member.end(None)
-            raise
-        except BaseException:
-            if self._rooms.get(room) is member:
-                # The caller stopped waiting: forget the room, and leave it on
-                # the server in case the join went through.
-                self._spawn(self._leave(member))
-            raise
+        link = self._link
+        if link is not None and room not in link.leaving:
+            self._send_join(link, member)
         return member
 
-    async def publish(self, room: str, data: Any, id: str | None = None) -> Ack:
+    async def publish(self, room: str, data: Any, id: str | None = None, timeout: float | None = None) -> Ack:
         """Publish `data` (any JSON value) to `room`; returns `(seq, duplicate)` once stored.
 
         `id` is the idempotency key, a fresh UUID when not given. A publish not
-        acked when the connection drops is resent with the same `id` after the
-        reconnect, so it is stored once; `duplicate` is then true if the first
-        send had been stored. Publishing does not require joining.
+        acked when the connection drops (or refused with `rate_limited` or
+        `unavailable`) is sent again with the same `id`, so it is stored once;
+        `duplicate` is then true if an earlier send had been stored.
+        Publishing does not require joining.
+
+        `timeout` (seconds; None: the client's `publish_timeout`, 0: none)
+        raises `PublishTimeout`; it, like cancelling the awaiting task, only
+        stops the client from sending it again: a copy already sent may be
+        stored. Raises `InvalidRoom`, `PublishQueueFull`, `FrameTooLarge`,
+        `ServerError` (a refusal), `ClosedError`; each names `room` and `id`.
         """
-        self._check_open()
+        self._check_open(room, id)
+        problem = room_name_error(room)
+        if problem is not None:
+            raise InvalidRoom(problem, room=room, id=id)
         if id is not None and not 1 <= len(id) <= MAX_ID_LENGTH:
             raise ValueError(f"a publish id is 1 to {MAX_ID_LENGTH} characters")
-        if len(self._publishes) >= self._max_pending:
-            raise PublishQueueFull(f"{len(self._publishes)} publishes are waiting for their ack")
+        if len(self._publishes) >= self._max_queued:
+            raise PublishQueueFull(f"{len(self._publishes)} publishes are waiting for their ack", room=room, id=id)
+        key = id or uuid.uuid4().hex
         ref = next(self._refs)
-        frame = Publish(room=room, data=msgspec.Raw(msgspec.json.encode(data)), id=id or uuid.uuid4().hex, ref=ref)
+        frame = Publish(room=room, data=msgspec.Raw(msgspec.json.encode(data)), id=key, ref=ref)
         encoded = _encode(frame)
         if len(encoded) > self._max_frame_bytes:
-            raise FrameTooLarge(f"the publish frame is {len(encoded)} bytes; the limit is {self._max_frame_bytes}")
-        pending = _Publish(encoded.decode(), asyncio.get_running_loop().create_future())
+            raise FrameTooLarge(
+                f"the publish frame is {len(encoded)} bytes; the limit is {self._max_frame_bytes}", room=room, id=key
+            )
+        pending = _Publish(room, key, encoded.decode(), asyncio.get_running_loop().create_future())
         self._publishes[ref] = pending
+        limit = self._publish_timeout if timeout is None else timeout
         try:
             link = self._link
             if link is not None:
-                await link.send_text(pending.frame)
-            return await pending.future
+                link.send_text(pending.frame)
+            if limit <= 0:
+                return await pending.future
+            deadline = asyncio.timeout(limit)
+            try:
+                async with deadline:
+                    return await pending.future
+            except TimeoutError:
+                if deadline.expired():
+                    raise PublishTimeout(f"no ack within {limit:g} s", room=room, id=key) from None
+                raise
         finally:
-            # Acked, refused or abandoned by the caller: never resent.
+            # Acked, refused, timed out or abandoned by the caller: never sent again.
             self._publishes.pop(ref, None)
 
-    async def _leave(self, room: Room) -> None:
-        """Forget `room` here, then leave it on the server and wait for `left`."""
-        room.end(None)
+    def _leave(self, room: Room) -> Awaitable[None]:
+        """`room.leave()`: the room is left here at once; on the server once `left` arrived."""
         if self._rooms.get(room.name) is not room:
-            return
+            room.end(None)
+            return _DONE
         del self._rooms[room.name]
-        link = self._link
-        if link is None:
-            return  # Not a member anywhere: it will simply not be rejoined.
+        link = room.link
+        room.end(None)
+        if link is None or link is not self._link:
+            return _DONE  # Not a member anywhere: it will simply not be rejoined.
         # A `joined` still on its way for this room is no longer ours.
         for ref in [ref for ref, (joining, _) in link.joins.items() if joining is room]:
             del link.joins[ref]
-        with suppress(ServerError, Disconnected, TimeoutError):
-            await link.request(lambda ref: Leave(room=room.name, ref=ref))
+        link.leaving.add(room.name)
+        # The leave goes on if the caller stops waiting: a join of the name waits for its `left`.
+        return asyncio.shield(self._spawn(self._leave_on(link, room.name)))
 
-    def _check_open(self) -> None:
+    async def _leave_on(self, link: Link, name: str) -> None:
+        try:
+            await link.request(lambda ref: Leave(room=name, ref=ref))
+        except (ServerError, Disconnected, TimeoutError):
+            pass
+        finally:
+            link.leaving.discard(name)
+        again = self._rooms.get(name)
+        if again is not None and again.link is None and self._link is link:
+            self._send_join(link, again)  # Joined again meanwhile: its join waited for this `left`.
+
+    def _check_open(self, room: str | None = None, id: str | None = None) -> None:
         if self._closed is not None:
-            raise self._closed
+            raise self._closed.about(room=room, id=id)
 
     # --- the connection loop ------------------------------------------------
+
+    def _attempting(self) -> None:
+        # connect() has already said "connecting" for the first attempt.
+        if self._states.current != "connecting":
+            self._states.set("connecting", {})
 
     async def _run(self) -> None:
         try:
@@ -308,22 +429,29 @@ class Client:
                 self._backoff,
                 self._draw,
                 lambda info: self._states.set("reconnecting", info),
+                self._attempting,
             )
         except asyncio.CancelledError:
+            if self._closed is not None:
+                await self._release_http()
             raise
         except Exception as exc:  # A bug here must not leave the application waiting forever.
             log.exception("jetsock client loop failed")
-            error = ClosedError(None, f"internal error: {exc!r}")
+            error = ClosedError(f"internal error: {exc!r}", close_code=None)
         self._finish(error, by_application=False)
         # Closed for good on its own: release the HTTP session now, in case
         # the application never calls close().
-        if self._http is not None:
-            http, self._http = self._http, None
+        await self._release_http()
+
+    async def _release_http(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
             await http.close()
 
     async def _connect_once(self, token: str) -> Outcome:
         """One connection, from handshake to close."""
         assert self._http is not None
+        welcome_by = asyncio.get_running_loop().time() + self._connect_timeout
         link = await Link.open(
             self._http,
             self.url,
@@ -336,7 +464,7 @@ class Client:
             return None, link, None
         try:
             return await link.run(
-                welcome_timeout=self._connect_timeout,
+                welcome_by=welcome_by,
                 dead_after=self._dead_after,
                 on_welcome=self._on_welcome,
                 on_frame=self._dispatch,
@@ -344,6 +472,10 @@ class Client:
         finally:
             if self._link is link:
                 self._link = None
+            for room in list(self._rooms.values()):
+                if room.link is link:
+                    room.link = None
+                    room.to_joining()
             await link.close()
 
     def _finish(self, error: ClosedError, *, by_application: bool) -> None:
@@ -354,37 +486,42 @@ class Client:
         publishes, self._publishes = self._publishes, {}
         for pending in publishes.values():
             if not pending.future.done():
-                pending.future.set_exception(error)
+                pending.future.set_exception(error.about(room=pending.room, id=pending.id))
         rooms, self._rooms = self._rooms, {}
         for room in rooms.values():
-            room.fail_join(error)
-            room.end(None if by_application else error)
-        self._states.set("closed", {"code": error.code, "reason": error.reason})
+            room.end(error.about(room=room.name), quiet=by_application)
+        self._states.set("closed", {"code": error.close_code, "reason": error.reason, "loggedOut": error.logged_out})
+
+    def _log_out(self) -> None:
+        """The token source said "logged out" during a refresh: stop at once."""
+        self._finish(logged_out(), by_application=False)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()  # Its link closes with 1000; then the HTTP session is released.
 
     # --- frames -------------------------------------------------------------
 
-    async def _on_welcome(self, link: Link, frame: Welcome) -> None:
+    def _on_welcome(self, link: Link, frame: Welcome) -> None:
         """Authenticated: rejoin every room where it left off, then resend unacked publishes."""
         self.welcome = frame
         self.exp = frame.exp
-        rooms = list(self._rooms.values())
         publishes = list(self._publishes.values())
         # From here on new joins and publishes are sent by their callers.
         self._link = link
         self._states.set("connected", {"session": frame.session, "node": frame.node})
-        for room in rooms:
-            if self._rooms.get(room.name) is room:
-                await self._send_join(link, room)
+        for room in list(self._rooms.values()):
+            if self._rooms.get(room.name) is room and room.link is None:
+                self._send_join(link, room)
         for pending in publishes:
             if not pending.future.done():
-                await link.send_text(pending.frame)
+                link.send_text(pending.frame)
 
     def _dispatch(self, link: Link, frame: ServerFrame) -> None:
         match frame:
             case Msg():
                 room = self._rooms.get(frame.room)
-                if room is not None:
-                    room.on_msg(frame)
+                if room is not None and room.link is link:
+                    room.handle_msg(frame)
             case AckFrame():
                 pending = self._publishes.pop(frame.ref, None) if isinstance(frame.ref, int) else None
                 if pending is not None and not pending.future.done():
@@ -395,8 +532,8 @@ class Client:
                 self._on_left(link, frame)
             case Reset():
                 room = self._rooms.get(frame.room)
-                if room is not None:
-                    room.on_reset(frame)
+                if room is not None and room.link is link:
+                    room.handle_reset(frame)
             case Expiring():
                 if not self._refreshing:
                     self._refreshing = True
@@ -413,27 +550,28 @@ class Client:
         if entry is None:
             return  # Left meanwhile; the `leave` is already on its way.
         room, sent_since = entry
-        if self._rooms.get(room.name) is room:
-            room.on_joined(frame, sent_since)
+        if self._rooms.get(room.name) is room and room.link is link:
+            room.handle_joined(frame, sent_since)
 
     def _on_left(self, link: Link, frame: Left) -> None:
         if frame.ref is not None:
-            link.reply(frame.ref, frame)
+            link.reply(frame.ref, frame)  # A leave's answer (ignored when that leave gave up waiting).
             return
         # Not asked for: the refreshed token no longer allows the room.
-        room = self._rooms.pop(frame.room, None)
-        if room is not None:
+        room = self._rooms.get(frame.room)
+        if room is not None and room.link is link:
+            del self._rooms[frame.room]
             room.end(RoomLeft(frame.room, frame.reason or "left by the server"))
 
     def _on_error(self, link: Link, frame: Error) -> None:
         ref = frame.ref
-        error = ServerError(str(frame.code), frame.message)
+        code: rules.ServerErrorCode = frame.code.value
         if not isinstance(ref, int):
-            log.warning("server error without a request: %s", error)
+            log.warning("server error without a request: %s: %s", code, frame.message)
             return
         pending = self._publishes.get(ref)
         if pending is not None:
-            if error.code in RETRYABLE_PUBLISH_ERRORS and not pending.future.done():
+            if code in RETRYABLE_ERRORS and not pending.future.done():
                 # Maybe stored (`unavailable`), or refused for now: the same frame, with the
                 # same id, goes again later, so it is stored once whatever happened.
                 pending.tries += 1
@@ -442,50 +580,51 @@ class Client:
                 return
             del self._publishes[ref]
             if not pending.future.done():
-                pending.future.set_exception(error)
+                pending.future.set_exception(ServerError(code, frame.message, room=pending.room, id=pending.id))
             return
         entry = link.joins.pop(ref, None)
         if entry is not None:
-            self._on_join_refused(link, entry[0], error)
+            self._on_join_refused(link, entry[0], ServerError(code, frame.message, room=entry[0].name))
             return
-        link.reply(ref, error)
+        link.reply(ref, ServerError(code, frame.message))
 
     def _resend_publish(self, ref: int, pending: _Publish) -> None:
         link = self._link
         if link is None or self._publishes.get(ref) is not pending or pending.future.done():
             return  # acked, abandoned, or offline: a reconnect resends what is still waiting
-        self._spawn(self._send_quietly(link, pending.frame))
-
-    @staticmethod
-    async def _send_quietly(link: Link, frame: str) -> None:
-        with suppress(Disconnected, ConnectionError):
-            await link.send_text(frame)
+        link.send_text(pending.frame)
 
     def _on_join_refused(self, link: Link, room: Room, error: ServerError) -> None:
-        if self._rooms.get(room.name) is not room:
+        if self._rooms.get(room.name) is not room or room.link is not link:
             return
-        if not room.has_joined:
-            room.fail_join(error)  # The application's `join()` raises it.
-        elif error.code == "unavailable":
-            # A rejoin after a reconnect: NATS is briefly unavailable; try again soon.
-            delay = self._backoff.delay(0, self._draw())
+        room.link = None  # Not a member: nothing to leave, and a rejoin is a new join.
+        if error.code in RETRYABLE_ERRORS:
+            # `rate_limited`, or NATS briefly unavailable: the same join again soon (the
+            # application's first join and rejoins after a reconnect alike).
+            room.tries += 1
+            delay = self._backoff.retry_delay(room.tries, self._draw())
             asyncio.get_running_loop().call_later(delay, self._retry_join, link, room)
-        else:
-            del self._rooms[room.name]
-            room.end(RoomLeft(room.name, error.code))
+            return
+        del self._rooms[room.name]
+        room.end(error)
 
     def _retry_join(self, link: Link, room: Room) -> None:
-        if self._link is link and self._rooms.get(room.name) is room:
-            self._spawn(self._send_join(link, room))
+        # Another connection since: its `welcome` has sent the join already.
+        if self._link is link and self._rooms.get(room.name) is room and room.link is None:
+            self._send_join(link, room)
 
     async def _refresh(self, link: Link) -> None:
         """`expiring`: fetch a token and `refresh`, on the same connection.
 
         When the source has nothing new (a fixed string) nothing is sent: the
-        server closes with 4001 at expiry and the reconnect asks again.
+        server closes with 4001 at expiry and the reconnect asks again. None
+        from the source logs the client out at once.
         """
         try:
-            token = await self._tokens.fetch()
+            token = await self._tokens.fetch("refresh")
+            if token is None:
+                self._log_out()
+                return
             if token == self._tokens.current:
                 return
             reply = await link.request(lambda ref: Refresh(token=token, ref=ref))
@@ -493,21 +632,23 @@ class Client:
                 # Accepted: it is also the token for the next reconnect.
                 self._tokens.current = token
                 self.exp = reply.exp
-        except (ServerError, Disconnected, TimeoutError) as exc:
+        except (ServerError, Disconnected, TimeoutError, BadToken) as exc:
             log.warning("token refresh failed: %r", exc)
         except Exception:
             log.exception("the token source failed during a refresh")
         finally:
             self._refreshing = False
 
-    async def _send_join(self, link: Link, room: Room) -> None:
+    def _send_join(self, link: Link, room: Room) -> None:
         ref = link.next_ref()
         since, epoch = room.since_for_join()
         link.joins[ref] = (room, since)
-        await link.send(Join(room=room.name, since=since, epoch=epoch, ref=ref))
+        room.link = link
+        link.send(Join(room=room.name, since=since, epoch=epoch, ref=ref))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` beside the reader (it must not block reading); `close()` cancels it."""
         task = asyncio.get_running_loop().create_task(work)
         self._aux.add(task)
         task.add_done_callback(self._aux.discard)
+        return task

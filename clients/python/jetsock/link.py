@@ -2,8 +2,9 @@
 
 A `Link` lives from one handshake to one close. Everything that must outlive
 it (rooms, unacked publishes, the token) belongs to the `Client`, which hands
-the link two callbacks: one awaited for `welcome`, one called for every other
-frame in the order frames arrive.
+the link two callbacks: one called for `welcome`, one for every other frame,
+in the order frames arrive. Frames go out through one writer task, in the
+order they were posted, so a caller never waits for the socket.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -19,15 +20,13 @@ import aiohttp
 import msgspec
 
 from jetsock.errors import JetsockError
+from jetsock.rules import BEARER_PREFIX, SUBPROTOCOL
 from schemas import ClientFrame, Ping, ServerFrame, Welcome
 
 if TYPE_CHECKING:
     from jetsock.room import Room
 
 log = logging.getLogger(__name__)
-
-SUBPROTOCOL = "jetsock.v1"
-BEARER_PREFIX = "bearer."
 
 Outcome = tuple[int | None, str, float | None]
 """How a connection ended: the close code (None without a close frame), a reason,
@@ -48,9 +47,13 @@ class Link:
         self.ws = ws
         self.joins: dict[int, tuple[Room, int | None]] = {}
         """Joins sent on this link and not yet answered: ref -> (room, the `since` sent)."""
+        self.leaving: set[str] = set()
+        """Rooms whose `leave` waits for its `left`: a join of the same name waits for it too."""
         self._refs = refs
         self._request_timeout = request_timeout
         self._requests: dict[int, asyncio.Future[ServerFrame]] = {}
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name="jetsock writer")
 
     @classmethod
     async def open(
@@ -77,13 +80,15 @@ class Link:
     async def run(
         self,
         *,
-        welcome_timeout: float,
+        welcome_by: float,
         dead_after: float,
-        on_welcome: Callable[[Link, Welcome], Awaitable[None]],
+        on_welcome: Callable[[Link, Welcome], None],
         on_frame: Callable[[Link, ServerFrame], None],
     ) -> Outcome:
         """Read frames until the connection ends, pinging when it has been silent too long.
 
+        `welcome` must arrive by the loop time `welcome_by` (the connect
+        timeout covers the handshake and the welcome together).
         The server's WebSocket pings are answered by aiohttp and never seen
         here, like in a browser; so silence is measured on frames, and after
         `heartbeat` s of it a `ping` frame asks for a `pong` (PROTOCOL.md
@@ -101,7 +106,7 @@ class Link:
 
         while True:
             if heartbeat is None:
-                wait = last_read + welcome_timeout - loop.time()
+                wait = welcome_by - loop.time()
             elif ping_sent is None:
                 wait = last_read + heartbeat - loop.time()
             else:
@@ -114,7 +119,7 @@ class Link:
                 if ping_sent is not None:
                     return None, f"no reply to ping within {dead_after:g} s", lasted()
                 ping_sent = loop.time()
-                await self.send(Ping(ref=self.next_ref()))
+                self.send(Ping(ref=self.next_ref()))
                 continue
             last_read = loop.time()
             ping_sent = None
@@ -129,7 +134,7 @@ class Link:
                 if isinstance(frame, Welcome):
                     heartbeat = frame.heartbeat
                     connected_at = last_read
-                    await on_welcome(self, frame)
+                    on_welcome(self, frame)
                 else:
                     on_frame(self, frame)
             elif kind is aiohttp.WSMsgType.CLOSE:
@@ -139,33 +144,40 @@ class Link:
                 return None, str(message.data or "connection lost"), lasted()
 
     async def close(self) -> None:
-        """Fail what waits for a reply, and close the socket if it is still open."""
+        """Fail what waits for a reply, and close the socket (code 1000) if it is still open."""
+        self._writer.cancel()
         requests, self._requests = self._requests, {}
         for future in requests.values():
             if not future.done():
-                future.set_exception(Disconnected())
+                future.set_exception(Disconnected("the connection ended"))
         self.joins.clear()
         if not self.ws.closed:
             # A dead peer must not hold us: on the timeout aiohttp drops the socket.
             with suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 1.0)
+        await asyncio.wait({self._writer})
 
     # --- sending ------------------------------------------------------------
 
     def next_ref(self) -> int:
         return next(self._refs)
 
-    async def send(self, frame: ClientFrame) -> None:
-        await self.send_text(_encode(frame).decode())
+    def send(self, frame: ClientFrame) -> None:
+        self.send_text(_encode(frame).decode())
 
-    async def send_text(self, text: str) -> None:
-        """Send a text frame; a lost connection is not an error here (the reader sees it and reconnects)."""
-        if self.ws.closed:
-            return
-        try:
-            await self.ws.send_str(text)
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            log.debug("send failed: %r", exc)
+    def send_text(self, text: str) -> None:
+        """Queue a text frame; a lost connection is not an error here (the reader sees it and reconnects)."""
+        if not self.ws.closed and not self._writer.done():
+            self._outbox.put_nowait(text)
+
+    async def _write(self) -> None:
+        while True:
+            text = await self._outbox.get()
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+                log.debug("send failed: %r", exc)
+                return
 
     async def request(self, make: Callable[[int], ClientFrame]) -> ServerFrame:
         """Send the frame `make(ref)` and wait for the reply carrying `ref`.
@@ -176,7 +188,7 @@ class Link:
         future: asyncio.Future[ServerFrame] = asyncio.get_running_loop().create_future()
         self._requests[ref] = future
         try:
-            await self.send(make(ref))
+            self.send(make(ref))
             async with asyncio.timeout(self._request_timeout):
                 return await future
         finally:

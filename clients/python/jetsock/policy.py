@@ -1,31 +1,49 @@
-"""Reconnect policy without I/O: what a close code means and how long to wait.
+"""Reconnect policy without I/O: what a close code means, how long to wait, which room names are valid.
 
 Everything here is plain arithmetic on plain values (a close code, an attempt
 number, a random draw in [0, 1)), so the tests drive it directly and the
-connection loop in `jetsock.client` only asks it questions. The rules are
-PROTOCOL.md section 7; where that table is silent the choice is written next to
-the code that makes it.
+connection loop in `jetsock.reconnect` only asks it questions. The rules
+themselves are not written here: they come from `jetsock.rules`, generated
+from `schemas/clientrules.py` like the JS client's (PROTOCOL.md sections 7
+and 9.11), so the two clients cannot drift apart.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
-AT_ONCE_JITTER = 1.0
+from jetsock import rules
+
+AT_ONCE_JITTER = rules.AT_ONCE_JITTER
 """Seconds of jitter for 1001/1012: a draining node sends every client away at
 once, and spreading them over a second keeps them from landing together."""
 
-RATE_LIMITED_FLOOR = 5.0
+RATE_LIMITED_FLOOR = rules.CLOSE_RULES[4029][2]
 """Least seconds before reconnecting after 4029 (rate limited)."""
 
-RETRYABLE_PUBLISH_ERRORS = frozenset({"unavailable", "rate_limited"})
-"""Errors after which the client sends the same publish again, with the same `id`, by itself:
-an `unavailable` publish may have been stored, and only the same id makes a retry store it once."""
+RETRYABLE_ERRORS: frozenset[str] = rules.RETRYABLE_ERRORS
+"""Error codes after which the client sends the same request again by itself (equal jitter):
+a publish with the same `id` (an `unavailable` publish may have been stored, and only the
+same id makes a retry store it once), a join (the first one and rejoins alike)."""
 
-ABNORMAL = 1006
+ABNORMAL = rules.ABNORMAL
 """The code used when there was no close frame at all: a failed connect, a lost
-TCP connection, a dead connection found by the client's own ping."""
+TCP connection, a dead connection found by the client's own ping, no `welcome`."""
+
+_ROOM = re.compile(rules.ROOM_PATTERN)
+
+
+def room_name_error(name: object) -> str | None:
+    """Why `name` is not a valid room name (PROTOCOL.md section 4), or None when it is."""
+    if not isinstance(name, str):
+        return f"a room name is a str, not {type(name).__name__}"
+    if not 1 <= len(name) <= rules.MAX_ROOM_LENGTH:
+        return f"a room name is 1 to {rules.MAX_ROOM_LENGTH} characters, not {len(name)}"
+    if _ROOM.fullmatch(name) is None:
+        return f"{name!r} is not segments of [A-Za-z0-9_-] joined by '.' (at most 16)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +54,13 @@ class Backoff:
     that lost the same node at the same instant; the ceiling grows by `factor`
     per failed attempt up to `cap`. A connection that stayed up `reset_after`
     seconds counts as a success, and the next failure starts over at attempt 0.
+    The defaults are the rules' (base 1 s, factor 2, cap 30 s, reset after 10 s).
     """
 
-    base: float = 1.0
-    factor: float = 2.0
-    cap: float = 30.0
-    reset_after: float = 10.0
+    base: float = rules.BACKOFF_BASE
+    factor: float = rules.BACKOFF_FACTOR
+    cap: float = rules.BACKOFF_CAP
+    reset_after: float = rules.STABLE_AFTER
 
     def ceiling(self, attempt: int) -> float:
         """The largest wait for the `attempt`-th consecutive failure (0-based)."""
@@ -79,9 +98,9 @@ class Backoff:
 
 
 class Reconnect(enum.Enum):
-    """How the client goes on after a connection ended."""
+    """How the client goes on after a connection ended; the values are the rules' actions."""
 
-    NEVER = "never"
+    NEVER = "stop"
     """Stop: the state becomes `closed`."""
     BACKOFF = "backoff"
     """Wait a full-jitter backoff delay (at least `min_delay`), then reconnect."""
@@ -97,7 +116,7 @@ class CloseDecision:
 
     reconnect: Reconnect
     fresh_token: bool = False
-    """Fetch a token from the token source before the next attempt."""
+    """Ask the token source for a token before the next attempt."""
     min_delay: float = 0.0
     """Least seconds to wait, whatever the backoff draw."""
 
@@ -107,38 +126,31 @@ class CloseDecision:
         return self.reconnect is not Reconnect.AT_ONCE
 
 
+_BY_CODE: dict[int, CloseDecision] = {
+    code: CloseDecision(Reconnect(action), fresh_token, min_delay)
+    for code, (action, fresh_token, min_delay) in rules.CLOSE_RULES.items()
+}
 _STOP = CloseDecision(Reconnect.NEVER)
 _BACKOFF = CloseDecision(Reconnect.BACKOFF)
-_AT_ONCE = CloseDecision(Reconnect.AT_ONCE)
-
-_BY_CODE: dict[int, CloseDecision] = {
-    1000: _STOP,
-    1001: _AT_ONCE,
-    1009: _STOP,
-    1012: _AT_ONCE,
-    4001: CloseDecision(Reconnect.BACKOFF, fresh_token=True),
-    4029: CloseDecision(Reconnect.BACKOFF, min_delay=RATE_LIMITED_FLOOR),
-    4501: CloseDecision(Reconnect.IF_NEW_TOKEN, fresh_token=True),
-}
 
 
 def decide(code: int | None) -> CloseDecision:
     """The decision for close `code` (None: no close frame, as 1006).
 
-    Section 7 names 1000, 1001, 1006, 1009, 1011, 1012, 1013 and the ranges
-    4000-4499 (recoverable) and 4500-4999 (terminal). Every other code (1002,
-    1008, 1014 from a proxy, 3000-3999, ...) reconnects with backoff: those
-    come from intermediaries or future servers, and backoff bounds what a
-    wrong guess costs, while giving up would strand the application.
+    The codes of `rules.CLOSE_RULES` have a rule of their own; the rest of
+    `rules.TERMINAL_RANGE` (4500-4999) stops; every other code (1002, 1006,
+    1011, 1013, 1014 from a proxy, 3000-3999, 4000-4499, ...) reconnects with
+    backoff: those come from intermediaries, failures or newer servers, and
+    backoff bounds what a wrong guess costs, while giving up would strand the
+    application.
     """
     if code is None:
         return _BACKOFF
     known = _BY_CODE.get(code)
     if known is not None:
         return known
-    if 4500 <= code <= 4999:
-        return _STOP
-    return _BACKOFF
+    low, high = rules.TERMINAL_RANGE
+    return _STOP if low <= code <= high else _BACKOFF
 
 
 def reconnect_delay(decision: CloseDecision, backoff: Backoff, attempt: int, draw: float) -> float:

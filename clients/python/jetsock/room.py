@@ -1,29 +1,36 @@
-"""One room membership: its position in the room (epoch, last seq) and its messages.
+"""One room membership: its state, its position in the room (epoch, last seq), and its consumers.
 
 The position is what makes resuming exact: after a reconnect the client
-rejoins with `since` = the last seq this room received and the epoch it got it
-under, and drops any `msg` at or below that seq, so the iterator sees each
+rejoins with `since` = the last seq this room delivered and the epoch it got
+it under, and drops any `msg` at or below that seq, so every consumer sees each
 stored message once, in order, across any number of reconnects.
+
+A room is `joining` (asked, or waiting for a connection or a rejoin), `joined`
+(with the last `joined` frame's epoch, seq and recovered) or `left` (for good:
+by `leave()`, a refusal, the server's `left`, or the client closing; `error`
+says why when it was not `leave()`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
 
-from jetsock.errors import RoomLeft
+from jetsock.errors import JetsockError, RequestTimeout, RoomLeft, ServerError
+from jetsock.state import Listeners
 from schemas import Joined, Msg, Reset
 
 if TYPE_CHECKING:
     from jetsock.client import Client
+    from jetsock.link import Link
 
-log = logging.getLogger(__name__)
+RoomState = Literal["joining", "joined", "left"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +59,23 @@ class Ack(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class JoinedInfo:
+    """The last `joined` of a room: the stream `epoch`, the room's head `seq` at the join, and
+    whether the replay asked for with `since` is complete (`recovered`)."""
+
+    epoch: str
+    seq: int
+    recovered: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ResetInfo:
     """Why continuity was lost, and where delivery goes on.
 
     `reason` is "reset" for a `reset` frame (the stream was recreated) and
     "not_recovered" for a join with `since` that answered `recovered: false`
     (messages expired, another epoch, or too many to replay). Either way the
-    application reloads its state from its own backend; the iterator goes on
+    application reloads its state from its own backend; delivery goes on
     with messages after `seq`.
     """
 
@@ -68,6 +85,34 @@ class ResetInfo:
     reason: Literal["reset", "not_recovered"]
 
 
+@dataclass(frozen=True, slots=True)
+class LeftInfo:
+    """Why a room is `left`, as the JS client's LeftInfo says it.
+
+    `reason`: "left" for the application's own `leave()`, a `left` frame's reason
+    ("forbidden" after a refresh that lost the right), the code of a refused join,
+    or the client's own code when it closed ("closed", "logged_out"). `error` is the
+    error behind it (None for `leave()`).
+    """
+
+    reason: str
+    error: JetsockError | None
+
+
+def left_info(error: JetsockError | None) -> LeftInfo:
+    if error is None:
+        return LeftInfo("left", None)
+    if isinstance(error, RoomLeft):
+        return LeftInfo(error.reason, error)
+    return LeftInfo(str(error.code), error)
+
+
+RoomInfo = JoinedInfo | LeftInfo | None
+"""What a room state listener gets: the JoinedInfo for `joined`, None for `joining`,
+and the LeftInfo for `left`."""
+
+RoomStateListener = Callable[[RoomState, RoomInfo], object]
+MessageListener = Callable[[Message], object]
 ResetCallback = Callable[["Room", ResetInfo], Awaitable[None] | None]
 
 
@@ -76,16 +121,58 @@ class _End:
 
     __slots__ = ("error",)
 
-    def __init__(self, error: BaseException | None) -> None:
+    def __init__(self, error: JetsockError | None) -> None:
         self.error = error
 
 
-class Room:
-    """A joined room: `async for message in room`, `publish`, `leave`.
+class Messages:
+    """One consumer of a room's messages (`async for`, or `room.messages()`).
 
-    Messages are queued without bound as they arrive, so a slow iterator never
-    stalls the connection (its pings, other rooms, acks); iterate promptly.
-    One iterator per room: two would split the messages between them.
+    It gets every message the room delivers from the moment it was made, in
+    its own unbounded queue, then ends after the room leaves: it stops, or
+    raises `RoomLeft` (the server ended the membership or refused a join) or
+    `ClosedError` (the client stopped on its own). `aclose()`, or dropping
+    it (a `break` out of `async for`), detaches it from the room.
+    """
+
+    def __init__(self, room: Room, queue: asyncio.Queue[Message | _End]) -> None:
+        self._queue = queue
+        self._done = False
+        self._detach = weakref.finalize(self, room._detach, queue)
+        self._detach.atexit = False
+
+    def __aiter__(self) -> Messages:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._done = True
+            self._detach()
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        """Stop receiving; what is still queued here is kept for the room's next consumer."""
+        self._done = True
+        self._detach()
+
+
+class Room:
+    """A room of a client: its state, `publish`, `leave`, its messages.
+
+    Made by `Client.join`, which returns at once (state `joining`); `await
+    room` (or `await room.ready()`) waits for `joined`. Messages reach every
+    `on_message` listener and every open iterator (`async for message in
+    room`, each one its own queue from its start). Messages that arrive while
+    the room has neither keep waiting, without bound, for its next iterator,
+    so `room = await client.join(...)` followed by `async for` misses nothing
+    (a replay may arrive right behind `joined`). Iterate promptly: a slow
+    iterator never stalls the connection, it only grows its queue.
     """
 
     def __init__(
@@ -98,50 +185,119 @@ class Room:
     ) -> None:
         self._client = client
         self.name = name
+        self.state: RoomState = "joining"
         self.seq: int | None = since
-        """The last seq received (or the `since` asked for): where a rejoin resumes."""
+        """The last seq delivered (or the `since` asked for, or the head at a live join): where a rejoin resumes."""
         self.epoch: str | None = epoch
         """The stream epoch `seq` belongs to."""
         self.recovered: bool | None = None
         """The last `joined.recovered`."""
-        self._on_reset = on_reset
-        self._queue: asyncio.Queue[Message | _End] = asyncio.Queue()
-        self._joined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ended: _End | None = None
-        self._closing = False
-        self.has_joined = False
-        """True once a `joined` arrived: later refusals are rejoins, not the application's join."""
-        self._tasks: set[asyncio.Future[None]] = set()
+        self.joined: JoinedInfo | None = None
+        """The last `joined`."""
+        self.error: JetsockError | None = None
+        """Why the room is `left`, when it was not `leave()`: a `ServerError` (a join refused), a
+        `RoomLeft` (the server's `left`), a `ClosedError` (the client closed)."""
+        self._states: Listeners[[RoomState, RoomInfo]] = Listeners(f"state listener of room {name}")
+        self._messages: Listeners[[Message]] = Listeners(f"message listener of room {name}")
+        self._resets: Listeners[[Room, ResetInfo]] = Listeners(f"reset listener of room {name}")
+        if on_reset is not None:
+            self._resets.add(on_reset)
+        self._feeds: list[asyncio.Queue[Message | _End]] = []
+        self._backlog: deque[Message] = deque()
+        self._end: _End | None = None
+        self._changed: asyncio.Event | None = None
+        # The client's bookkeeping.
+        self.link: Link | None = None
+        """The connection this room's join was last sent on (None: not sent, refused, or that connection ended)."""
+        self.tries = 0
+        """Joins refused with a retryable code since the last `joined`."""
 
     def __repr__(self) -> str:
-        return f"<Room {self.name!r} seq={self.seq} epoch={self.epoch!r}>"
+        return f"<Room {self.name!r} {self.state} seq={self.seq} epoch={self.epoch!r}>"
 
     # --- the application's side --------------------------------------------
 
-    async def publish(self, data: Any, id: str | None = None) -> Ack:
-        """Publish `data` to this room; see `Client.publish`."""
-        return await self._client.publish(self.name, data, id=id)
-
-    async def leave(self) -> None:
-        """Leave the room; its iterator ends after the messages already received."""
-        await self._client._leave(self)
-
-    def __aiter__(self) -> Room:
-        return self
-
-    async def __anext__(self) -> Message:
-        if self._ended is not None and self._queue.empty():
-            return self._stop(self._ended)
-        item = await self._queue.get()
-        if isinstance(item, _End):
-            self._ended = item
-            return self._stop(item)
-        return item
-
     @property
     def active(self) -> bool:
-        """False once the room has been left or its client closed."""
-        return self._ended is None and not self._closing
+        """False once the room has been left (for any reason)."""
+        return self.state != "left"
+
+    async def ready(self, timeout: float | None = None) -> JoinedInfo:
+        """Wait until the room is `joined`; its JoinedInfo.
+
+        Raises what ended the room: `ServerError` (the join was refused:
+        `forbidden`, `too_many_rooms`, ...), `RoomLeft` (the server's `left`,
+        or reason "left" after `leave()`), `ClosedError`; or `RequestTimeout`
+        (code "timeout") after `timeout` seconds. After a reconnect a joined
+        room is `joining` again until its rejoin is answered.
+        """
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                while True:
+                    if self.state == "joined" and self.joined is not None:
+                        return self.joined
+                    if self.state == "left":
+                        raise self.error or RoomLeft(self.name, "left")
+                    if self._changed is None:
+                        self._changed = asyncio.Event()
+                    await self._changed.wait()
+        except TimeoutError:
+            if deadline.expired():
+                raise RequestTimeout(f"room {self.name!r} not joined within {timeout:g} s", room=self.name) from None
+            raise
+
+    def __await__(self) -> Generator[Any, None, Room]:
+        """`await room`: wait for `joined` (see `ready`), then the room itself."""
+        return self._ready_room().__await__()
+
+    async def _ready_room(self) -> Room:
+        await self.ready()
+        return self
+
+    async def publish(self, data: Any, id: str | None = None, timeout: float | None = None) -> Ack:
+        """Publish `data` to this room; see `Client.publish`."""
+        return await self._client.publish(self.name, data, id=id, timeout=timeout)
+
+    def leave(self) -> Awaitable[None]:
+        """Leave the room: it is `left` at once (a join of the name may follow at once), and
+        its iterators end after what they hold.
+
+        Await the result to wait for the server's `left` (or the end of the
+        connection); a join of the same name made meanwhile is sent only then.
+        """
+        return self._client._leave(self)
+
+    def on_state(self, listener: RoomStateListener) -> Callable[[], None]:
+        """Call `listener(state, info)` on every state change (see `RoomInfo`); returns a remover."""
+        return self._states.add(listener)
+
+    def on_message(self, listener: MessageListener) -> Callable[[], None]:
+        """Call `listener(message)` for every message from now on; returns a remover.
+
+        A coroutine function is run as a task per message (not awaited: order
+        is only kept by plain functions and iterators).
+        """
+        return self._messages.add(listener)
+
+    def on_reset(self, listener: ResetCallback) -> Callable[[], None]:
+        """Call `listener(room, info)` when continuity is lost, before any message after `info.seq`."""
+        return self._resets.add(listener)
+
+    def messages(self) -> Messages:
+        """A new iterator of this room's messages, from now on (plus what waits for the next iterator)."""
+        queue: asyncio.Queue[Message | _End] = asyncio.Queue()
+        iterator = Messages(self, queue)
+        while self._backlog:
+            queue.put_nowait(self._backlog.popleft())
+        if self._end is not None:
+            queue.put_nowait(self._end)
+        else:
+            self._feeds.append(queue)
+        return iterator
+
+    def __aiter__(self) -> Messages:
+        return self.messages()
 
     # --- the client's side -------------------------------------------------
 
@@ -151,79 +307,93 @@ class Room:
             return None, None
         return self.seq, self.epoch
 
-    def on_joined(self, frame: Joined, sent_since: int | None) -> None:
+    def handle_joined(self, frame: Joined, sent_since: int | None) -> None:
         """Adopt a `joined`: the new position, and a reset when the replay was refused."""
         self.epoch = frame.epoch
         self.recovered = frame.recovered
+        self.tries = 0
+        reset = None
         if sent_since is None:
             # Joined live, from the head: everything up to it counts as seen.
             self.seq = frame.seq
         elif not frame.recovered:
             self.seq = frame.seq
-            self._reset(ResetInfo(self.name, frame.epoch, frame.seq, "not_recovered"))
+            reset = ResetInfo(self.name, frame.epoch, frame.seq, "not_recovered")
         # recovered: the replay of (since, frame.seq] follows; `seq` stays.
-        self.has_joined = True
-        if not self._joined.done():
-            self._joined.set_result(None)
+        self.joined = JoinedInfo(frame.epoch, frame.seq, frame.recovered)
+        self._set("joined", self.joined)
+        if reset is not None:
+            self._resets.call(self, reset)
 
-    def on_msg(self, frame: Msg) -> None:
-        """Queue a message, unless it was already received (a replay overlapping a resend)."""
+    def handle_msg(self, frame: Msg) -> None:
+        """Deliver a message, unless it was already delivered (a replay overlapping a resend)."""
         if self.seq is not None and frame.seq <= self.seq:
             return
         self.seq = frame.seq
-        self._queue.put_nowait(
-            Message(
-                room=frame.room,
-                seq=frame.seq,
-                ts=frame.ts,
-                data=msgspec.json.decode(frame.data),
-                id=frame.id,
-                from_=frame.from_,
-                encoding=frame.encoding,
-            )
+        message = Message(
+            room=frame.room,
+            seq=frame.seq,
+            ts=frame.ts,
+            data=msgspec.json.decode(frame.data),
+            id=frame.id,
+            from_=frame.from_,
+            encoding=frame.encoding,
         )
+        self._messages.call(message)
+        for queue in self._feeds:
+            queue.put_nowait(message)
+        if not self._feeds and not self._messages:
+            self._backlog.append(message)
 
-    def on_reset(self, frame: Reset) -> None:
+    def handle_reset(self, frame: Reset) -> None:
         self.epoch = frame.epoch
         self.seq = frame.seq
-        self._reset(ResetInfo(self.name, frame.epoch, frame.seq, "reset"))
-
-    def fail_join(self, error: BaseException) -> None:
-        """The first join was refused: `join()` raises `error`."""
-        if not self._joined.done():
-            self._joined.set_exception(error)
-
-    def end(self, error: BaseException | None) -> None:
-        """No more messages: the iterator stops after what is queued (or raises `error`)."""
-        if self._closing:
-            return
-        self._closing = True
-        if not self._joined.done():
-            self._joined.set_exception(error or RoomLeft(self.name, "left"))
-            # Nobody may be awaiting it any more; do not warn about it.
-            self._joined.exception()
-        self._queue.put_nowait(_End(error))
-
-    async def wait_joined(self) -> None:
-        await asyncio.shield(self._joined)
-
-    def _reset(self, info: ResetInfo) -> None:
-        # Called before the messages after `seq` are queued, so a synchronous
+        # Called before the messages after `seq` are delivered, so a plain
         # callback runs strictly between the old messages and the new ones.
-        if self._on_reset is None:
-            return
-        try:
-            result = self._on_reset(self, info)
-        except Exception:
-            log.exception("on_reset callback of room %s failed", self.name)
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._resets.call(self, ResetInfo(self.name, frame.epoch, frame.seq, "reset"))
 
-    @staticmethod
-    def _stop(end: _End) -> Message:
-        if end.error is not None:
-            raise end.error
-        raise StopAsyncIteration
+    def to_joining(self) -> None:
+        """The connection ended: a joined room waits for its rejoin."""
+        if self.state == "joined":
+            self._set("joining", None)
+
+    def end(self, error: JetsockError | None, *, quiet: bool = False) -> None:
+        """The room is `left` for good, because of `error` (None: `leave()`).
+
+        Iterators stop after what they hold; with an error they raise it
+        (a refused join as `RoomLeft` with the refusal), unless `quiet` (the
+        application closed the client).
+        """
+        if self.state == "left":
+            return
+        self.error = error
+        self.link = None
+        raised = None if quiet else error
+        if isinstance(raised, ServerError):
+            raised = RoomLeft(self.name, raised.code, raised)
+        self._end = _End(raised)
+        feeds, self._feeds = self._feeds, []
+        for queue in feeds:
+            queue.put_nowait(self._end)
+        self._set("left", left_info(error))
+
+    def _set(self, state: RoomState, info: RoomInfo) -> None:
+        self.state = state
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+        self._states.call(state, info)
+
+    def _detach(self, queue: asyncio.Queue[Message | _End]) -> None:
+        """An iterator is done: what it had not read waits for the next one, if it was the last."""
+        if queue not in self._feeds:
+            return
+        self._feeds.remove(queue)
+        if self._feeds or self._messages:
+            return
+        unread: list[Message] = []
+        while not queue.empty():
+            item = queue.get_nowait()
+            if isinstance(item, Message):
+                unread.append(item)
+        self._backlog.extendleft(reversed(unread))
