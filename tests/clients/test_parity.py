@@ -202,7 +202,9 @@ def close_code_scenario(code: int) -> Scenario:
             close_after_join(code),
             program,
             client=[*start, *asked_again, ["state", "closed", {"code": code, "loggedOut": False}]],
-            room=[joined_first, ["room", ROOM, "left", {"reason": "closed"}]],
+            # The room waits for a rejoin from the moment the connection ends, until the
+            # client has decided (4501: asked its token source) that there will be none.
+            room=[joined_first, ["room", ROOM, "joining"], ["room", ROOM, "left", {"reason": "closed"}]],
             server=lambda record: _tokens(record, ["t1"]),
         )
 

@@ -4,9 +4,16 @@
 
 import { test, describe, beforeEach, afterEach, mock } from "node:test";
 import assert from "node:assert/strict";
-import Default, { Jetsock, JetsockError, backoffDelay, closePolicy } from "../../clients/js/jetsock.js";
+import Default, { Jetsock, JetsockError, RULES, Room, backoffDelay, closePolicy } from "../../clients/js/jetsock.js";
 
 const flush = () => new Promise((resolve) => setImmediate(resolve)); // setImmediate is not mocked
+
+// The error a promise rejects with (the handler is attached at once: no unhandled rejection).
+const caught = (promise) =>
+  promise.then(
+    (value) => assert.fail(`resolved with ${JSON.stringify(value)}`),
+    (err) => err,
+  );
 
 // Node 20's mock.timers.tick(ms) moves Date to the end of the whole step before
 // it runs the due callbacks, and skips timers those callbacks set. Advancing in
@@ -99,6 +106,34 @@ describe("closePolicy", () => {
       assert.equal(p.immediate, false, `${c}`);
     }
     for (let c = 4500; c <= 4999; c++) assert.equal(closePolicy(c).reconnect, c === 4501, `${c}`);
+  });
+
+  test("agrees with RULES for every code 1000..1015, 3000, 4000..4999", () => {
+    const codes = [3000, undefined];
+    for (let c = 1000; c <= 1015; c++) codes.push(c);
+    for (let c = 4000; c <= 4999; c++) codes.push(c);
+    const [low, high] = RULES.terminal;
+    for (const code of codes) {
+      const rule = RULES.closes[code];
+      const action = rule ? rule[0] : code >= low && code <= high ? "stop" : "backoff";
+      assert.deepEqual(
+        closePolicy(code),
+        {
+          reconnect: action !== "stop",
+          immediate: action === "at_once",
+          minDelayMs: rule ? rule[2] : 0,
+          refreshToken: rule ? rule[1] === 1 : false,
+          requireNewToken: action === "if_new_token",
+        },
+        `code ${code}`,
+      );
+    }
+    // The rules themselves: the actions PROTOCOL.md 9.11 names, codes in range.
+    for (const [code, [action, fresh, min]] of Object.entries(RULES.closes)) {
+      assert.ok(["stop", "backoff", "at_once", "if_new_token"].includes(action), code);
+      assert.ok(fresh === 0 || fresh === 1, code);
+      assert.ok(Number.isInteger(min) && min >= 0, code);
+    }
   });
 
   test("unknown codes back off", () => {
@@ -240,7 +275,7 @@ describe("Jetsock client", () => {
     assert.equal(info.attempt, 1);
     assert.equal(info.code, 1006);
     assert.ok(info.delayMs >= 0 && info.delayMs < 1000, `first delay ${info.delayMs}`);
-    assert.equal(room.state, "idle");
+    assert.equal(room.state, "joining", "waiting for a connection is joining (was idle)");
 
     const ws2 = await reconnect(env);
     assert.deepEqual(ws2.frames("join"), [{ type: "join", room: "chat.lobby", since: 13, epoch: "e1", ref: 2 }]);
@@ -512,7 +547,7 @@ describe("Jetsock client", () => {
     assert.equal(env.client.room("chat.a"), undefined);
     assert.equal(env.errors.at(-1).room, "chat.a");
     ws.recv({ type: "error", code: "unavailable", message: "later", ref: 2 });
-    assert.equal(b.state, "idle");
+    assert.equal(b.state, "joining", "a join waiting for its retry is joining (was idle)");
     advance(1000);
     assert.deepEqual(ws.frames("join").at(-1), { type: "join", room: "chat.b", ref: 3 });
   });
@@ -524,17 +559,18 @@ describe("Jetsock client", () => {
     const ws = await connect(env);
     r1.leave();
     const r2 = env.client.join("chat.lobby", { onMessage: (m) => got.push(m.seq) });
+    // The new join waits for the leave's `left` (the server would answer "already a member").
     assert.deepEqual(
       ws.sent.map((f) => [f.type, f.ref]),
       [
         ["join", 1],
         ["leave", 2],
-        ["join", 3],
       ],
     );
     ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 1, recovered: false, ref: 1 });
     ws.recv({ type: "msg", room: "chat.lobby", seq: 2, ts: 1, data: 0 });
     ws.recv({ type: "left", room: "chat.lobby", ref: 2 });
+    assert.deepEqual(ws.sent.at(-1), { type: "join", room: "chat.lobby", ref: 3 });
     assert.equal(r2.state, "joining");
     ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 2, recovered: false, ref: 3 });
     ws.recv({ type: "msg", room: "chat.lobby", seq: 3, ts: 1, data: 0 });
@@ -617,6 +653,665 @@ describe("Jetsock client", () => {
     assert.deepEqual(ws2.frames("join"), [{ type: "join", room: "chat.lobby", since: 9, epoch: "e1", ref: 1 }]);
     room.leave();
     assert.equal(store.size, 0, "leave forgets the resume point");
+  });
+
+  test("defaults come from RULES: maxQueued 1000, connect timeout 10 s, no publish timeout", async () => {
+    assert.equal(RULES.defaults.maxQueued, 1000);
+    const env = setup();
+    const pubs = [];
+    for (let i = 0; i < 1000; i++) pubs.push(env.client.publish("chat.lobby", i));
+    await assert.rejects(env.client.publish("chat.lobby", "one too many"), (e) => e.code === "queue_full");
+    await flush();
+    env.last().open();
+    advance(9999);
+    assert.equal(env.last().closed, null);
+    advance(1);
+    assert.equal(env.last().closed.code, 4000, "no welcome within 10 s");
+    env.client.close();
+    const results = await Promise.allSettled(pubs);
+    assert.ok(results.every((r) => r.status === "rejected" && r.reason.code === "closed"));
+  });
+
+  describe("room lifecycle", () => {
+    test("joining -> joined -> joining on a drop -> joined again -> left, with events", async () => {
+      const env = setup();
+      const room = env.client.join("chat.lobby");
+      assert.ok(room instanceof Room);
+      assert.equal(room.state, "joining");
+      assert.equal(room.seq, null);
+      assert.equal(room.recovered, null);
+      assert.equal(room.error, null);
+      const events = [];
+      room.on("state", (state, info) => events.push(["state", state, info]));
+      room.on("joined", (info) => events.push(["joined", info]));
+      room.on("left", (info) => events.push(["left", info]));
+      const ws1 = await connect(env);
+      ws1.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 4, recovered: false, ref: 1 });
+      const joined = { epoch: "e1", seq: 4, recovered: false };
+      assert.deepEqual(events, [
+        ["state", "joined", joined],
+        ["joined", joined],
+      ]);
+      assert.equal(room.state, "joined");
+      assert.equal(room.seq, 4);
+      assert.equal(room.lastSeq, 4, "lastSeq is kept as an alias");
+      assert.equal(room.recovered, false);
+      ws1.recv({ type: "msg", room: "chat.lobby", seq: 6, ts: 1, data: "x" });
+      ws1.drop(1006);
+      assert.deepEqual(events.at(-1), ["state", "joining", undefined]);
+      const ws2 = await reconnect(env);
+      assert.deepEqual(ws2.frames("join"), [{ type: "join", room: "chat.lobby", since: 6, epoch: "e1", ref: 2 }]);
+      ws2.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 9, recovered: true, ref: 2 });
+      assert.equal(room.recovered, true);
+      assert.equal(room.seq, 6, "recovered: the replay moves seq on");
+      events.length = 0;
+      const leaving = room.leave();
+      assert.equal(room.state, "left");
+      assert.equal(env.client.room("chat.lobby"), undefined);
+      const left = { reason: "left", error: null };
+      assert.deepEqual(events, [
+        ["state", "left", left],
+        ["left", left],
+      ]);
+      assert.deepEqual(ws2.frames("leave"), [{ type: "leave", room: "chat.lobby", ref: 3 }]);
+      let done = false;
+      leaving.then(() => (done = true));
+      await flush();
+      assert.equal(done, false, "leave() waits for the server's left");
+      ws2.recv({ type: "left", room: "chat.lobby", ref: 3 });
+      await flush();
+      assert.equal(done, true);
+      assert.equal(room.error, null, "left by the app: no error");
+      assert.deepEqual(env.errors, []);
+    });
+
+    test("several message listeners, once, off, and JoinOptions callbacks as one more listener", async () => {
+      const env = setup();
+      const a = [];
+      const b = [];
+      const c = [];
+      const viaOption = [];
+      const room = env.client.join("chat.lobby", { onMessage: (m) => viaOption.push(m.seq) });
+      const offA = room.on("message", (m) => a.push(m.seq));
+      const fb = (m) => b.push(m.seq);
+      room.on("message", fb);
+      const offC = room.once("message", (m) => c.push(m.seq));
+      const joinedOnce = [];
+      room.once("joined", (info) => joinedOnce.push(info.seq));
+      const ws = await connect(env);
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 0, recovered: false, ref: 1 });
+      ws.recv({ type: "msg", room: "chat.lobby", seq: 1, ts: 1, data: 0 });
+      offA();
+      ws.recv({ type: "msg", room: "chat.lobby", seq: 2, ts: 1, data: 0 });
+      room.off("message", fb);
+      ws.recv({ type: "msg", room: "chat.lobby", seq: 3, ts: 1, data: 0 });
+      assert.deepEqual(a, [1]);
+      assert.deepEqual(b, [1, 2]);
+      assert.deepEqual(c, [1], "once: called once");
+      assert.deepEqual(viaOption, [1, 2, 3]);
+      assert.equal(typeof offC, "function");
+      ws.drop(1006);
+      await reconnect(env);
+      env.last().recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 3, recovered: true, ref: 2 });
+      assert.deepEqual(joinedOnce, [0], "once on joined");
+
+      // once() can be removed with off() before it fires, and client listeners work the same way.
+      const never = () => assert.fail("removed");
+      room.once("reset", never);
+      room.off("reset", never);
+      env.last().recv({ type: "reset", room: "chat.lobby", epoch: "e2", seq: 50 });
+      const states = [];
+      const s1 = (s) => states.push(["one", s]);
+      env.client.on("state", s1);
+      env.client.once("state", (s) => states.push(["once", s]));
+      env.last().drop(1006);
+      env.client.off("state", s1);
+      await reconnect(env);
+      assert.deepEqual(states, [
+        ["one", "reconnecting"],
+        ["once", "reconnecting"],
+      ]);
+    });
+
+    test("a reset and a not-recovered resume emit reset before the messages after them", async () => {
+      const env = setup();
+      const seen = [];
+      const room = env.client.join("chat.lobby", { since: 5, epoch: "e0" });
+      room.on("reset", (info) => seen.push(["reset", info.reason, info.seq]));
+      room.on("message", (m) => seen.push(["msg", m.seq]));
+      room.on("joined", (info) => seen.push(["joined", info.recovered]));
+      const ws = await connect(env);
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 20, recovered: false, ref: 1 });
+      ws.recv({ type: "msg", room: "chat.lobby", seq: 21, ts: 1, data: 0 });
+      ws.recv({ type: "reset", room: "chat.lobby", epoch: "e2", seq: 3 });
+      ws.recv({ type: "msg", room: "chat.lobby", seq: 4, ts: 1, data: 0 });
+      assert.deepEqual(seen, [
+        ["joined", false],
+        ["reset", "not_recovered", 20],
+        ["msg", 21],
+        ["reset", "reset", 3],
+        ["msg", 4],
+      ]);
+    });
+
+    test("room.ready(): at once when joined, on the next joined, after a retryable refusal", async () => {
+      const env = setup();
+      const room = env.client.join("chat.lobby");
+      const first = room.ready();
+      const ws = await connect(env);
+      ws.recv({ type: "error", code: "unavailable", message: "later", ref: 1 });
+      advance(1000);
+      const [, retry] = ws.frames("join");
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 7, recovered: false, ref: retry.ref });
+      assert.deepEqual(await first, { epoch: "e", seq: 7, recovered: false });
+      assert.deepEqual(await room.ready(), { epoch: "e", seq: 7, recovered: false }, "at once when joined");
+      ws.drop(1006);
+      const again = room.ready();
+      await reconnect(env);
+      env.last().recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 9, recovered: true, ref: 3 });
+      assert.deepEqual(await again, { epoch: "e", seq: 9, recovered: true });
+    });
+
+    for (const code of ["forbidden", "invalid_room", "too_many_rooms", "bad_request"]) {
+      test(`room.ready() rejects with the server's refusal: ${code}; the room is left with .error`, async () => {
+        const env = setup();
+        const room = env.client.join("chat.lobby");
+        const ready = room.ready();
+        const lefts = [];
+        room.on("left", (info) => lefts.push(info));
+        const ws = await connect(env);
+        ws.recv({ type: "error", code, message: "no", ref: 1 });
+        await assert.rejects(ready, (e) => e instanceof JetsockError && e.code === code && e.room === "chat.lobby");
+        assert.equal(room.state, "left");
+        assert.equal(room.error.code, code);
+        assert.deepEqual(lefts, [{ reason: code, error: room.error }]);
+        assert.equal(env.errors.at(-1), room.error, "the client-level error is still emitted");
+        await assert.rejects(room.ready(), (e) => e.code === code, "a left room's ready() rejects at once");
+        assert.equal(env.client.room("chat.lobby"), undefined);
+        env.client.join("chat.lobby"); // the name is free again
+      });
+    }
+
+    test("room.ready() rejects: left by the server, left by the app, client closed, timeout, aborted", async () => {
+      const env = setup();
+      const byServer = env.client.join("chat.a");
+      const byApp = env.client.join("chat.b");
+      const byClose = env.client.join("chat.c");
+      const slow = env.client.join("chat.d");
+      const ws = await connect(env);
+      const serverReady = byServer.ready();
+      ws.recv({ type: "joined", room: "chat.a", epoch: "e", seq: 0, recovered: false, ref: 1 });
+      ws.recv({ type: "left", room: "chat.a", reason: "forbidden" });
+      await serverReady; // it was joined before the left
+      await assert.rejects(byServer.ready(), (e) => e.code === "forbidden" && e.room === "chat.a");
+      assert.equal(byServer.error.code, "forbidden");
+
+      const appReady = byApp.ready();
+      byApp.leave();
+      await assert.rejects(appReady, (e) => e.code === "left" && e.room === "chat.b");
+      assert.equal(byApp.error, null);
+
+      const timed = slow.ready({ timeoutMs: 500 });
+      const controller = new AbortController();
+      const aborted = slow.ready({ signal: controller.signal });
+      controller.abort();
+      await assert.rejects(aborted, (e) => e.code === "aborted" && e.room === "chat.d");
+      await assert.rejects(slow.ready({ signal: AbortSignal.abort() }), (e) => e.code === "aborted");
+      advance(500);
+      await assert.rejects(timed, (e) => e.code === "timeout" && e.room === "chat.d");
+
+      const closeReady = byClose.ready();
+      const lefts = [];
+      byClose.on("left", (info) => lefts.push(info));
+      env.client.close();
+      await assert.rejects(closeReady, (e) => e.code === "closed" && e.closeCode === 1000 && e.room === "chat.c");
+      assert.equal(lefts[0].reason, "closed");
+      assert.equal(lefts[0].error.code, "closed");
+      assert.equal(byClose.state, "left");
+      assert.equal(slow.state, "left");
+    });
+
+    test("join right after leave: the join waits for the left, or the end of the connection", async () => {
+      const env = setup();
+      const r1 = env.client.join("chat.lobby");
+      let ws = await connect(env);
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 1, recovered: false, ref: 1 });
+      r1.leave();
+      const r2 = env.client.join("chat.lobby");
+      assert.equal(env.client.room("chat.lobby"), r2);
+      assert.deepEqual(ws.frames("join").length, 1);
+      ws.drop(1006); // the leave is moot: the next connection joins r2 only
+      ws = await reconnect(env);
+      assert.deepEqual(ws.frames("join"), [{ type: "join", room: "chat.lobby", ref: 3 }]);
+      assert.deepEqual(ws.frames("leave"), []);
+
+      // A leave that gets no answer within requestTimeoutMs counts as done.
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 1, recovered: false, ref: 3 });
+      const leaving = r2.leave();
+      const r3 = env.client.join("chat.lobby");
+      advance(RULES.defaults.requestTimeoutMs - 1);
+      assert.equal(ws.frames("join").length, 1);
+      advance(1);
+      await leaving;
+      assert.deepEqual(ws.frames("join").at(-1), { type: "join", room: "chat.lobby", ref: 5 });
+      ws.recv({ type: "left", room: "chat.lobby", ref: 4 }); // late: changes nothing
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 1, recovered: false, ref: 5 });
+      assert.equal(r3.state, "joined");
+
+      // not_joined answers a leave as well.
+      const leaving3 = r3.leave();
+      ws.recv({ type: "error", code: "not_joined", message: "no", ref: 6 });
+      await leaving3;
+      assert.deepEqual(env.errors, []);
+      // Not connected: leave() resolves at once and sends nothing.
+      const r4 = env.client.join("chat.lobby");
+      ws.drop(1006);
+      await r4.leave();
+      assert.equal(r4.state, "left");
+    });
+  });
+
+  describe("connection control", () => {
+    test("autoConnect false: idle until connect(); connect() is a no-op while connecting or connected", async () => {
+      const env = setup({ options: { autoConnect: false } });
+      await flush();
+      assert.equal(env.client.state, "idle");
+      assert.equal(env.sockets.length, 0);
+      assert.deepEqual(env.tokenCalls, []);
+      const room = env.client.join("chat.lobby");
+      const ready = env.client.ready();
+      env.client.connect();
+      assert.equal(env.client.state, "connecting");
+      env.client.connect();
+      const ws = await connect(env);
+      assert.deepEqual(await ready, { session: "s1", node: "n1" });
+      env.client.connect();
+      await flush();
+      assert.equal(env.sockets.length, 1);
+      assert.deepEqual(ws.frames("join"), [{ type: "join", room: "chat.lobby", ref: 1 }]);
+      assert.equal(room.state, "joining");
+      env.client.close();
+      assert.throws(() => env.client.connect(), (e) => e instanceof JetsockError && e.code === "closed");
+    });
+
+    test("disconnect() keeps rooms, positions and publishes; connect() resumes them with since", async () => {
+      const env = setup();
+      const room = env.client.join("chat.lobby");
+      const ws1 = await connect(env);
+      ws1.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 3, recovered: false, ref: 1 });
+      ws1.recv({ type: "msg", room: "chat.lobby", seq: 5, ts: 1, data: 0 });
+      const inflight = room.publish("a", { id: "p1" });
+      const roomStates = [];
+      room.on("state", (s) => roomStates.push(s));
+      env.client.disconnect();
+      assert.deepEqual(ws1.closed, { code: 1000, reason: "disconnected by client" });
+      assert.deepEqual(env.lastState(), ["disconnected", { code: 1000, reason: "disconnected by client" }]);
+      assert.equal(room.state, "joining");
+      assert.deepEqual(roomStates, ["joining"]);
+      env.client.disconnect(); // again: nothing
+      const queued = room.publish("b", { id: "p2" });
+      advance(120000, 100);
+      await flush();
+      assert.equal(env.sockets.length, 1, "no reconnect on its own");
+      assert.equal(env.client.state, "disconnected");
+      ws1.drop(1000); // the late close event of our own close changes nothing
+      assert.equal(env.client.state, "disconnected");
+
+      env.client.connect();
+      const ws2 = await connect(env);
+      assert.deepEqual(ws2.frames("join"), [{ type: "join", room: "chat.lobby", since: 5, epoch: "e1", ref: 3 }]);
+      const pubs = ws2.frames("publish");
+      assert.deepEqual(pubs.map((p) => p.id), ["p1", "p2"]);
+      ws2.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 5, recovered: true, ref: 3 });
+      for (const [i, p] of pubs.entries()) ws2.recv({ type: "ack", seq: 10 + i, ref: p.ref });
+      assert.deepEqual(await inflight, { seq: 10, duplicate: false });
+      assert.deepEqual(await queued, { seq: 11, duplicate: false });
+      assert.equal(room.state, "joined");
+    });
+
+    test("disconnect() cancels a pending reconnect and a connect in progress", async () => {
+      const env = setup();
+      const ws = await connect(env);
+      ws.drop(1006);
+      assert.equal(env.client.state, "reconnecting");
+      env.client.disconnect();
+      advance(60000, 100);
+      await flush();
+      assert.equal(env.sockets.length, 1);
+      env.client.connect();
+      await flush();
+      assert.equal(env.sockets.length, 2);
+      env.client.disconnect(); // before its welcome
+      assert.equal(env.last().closed.code, 1000);
+      env.last().open();
+      env.last().recv({ type: "welcome", session: "s", node: "n", heartbeat: 25, exp: 2e9 });
+      assert.equal(env.client.state, "disconnected");
+    });
+
+    test("client.ready(): at once when connected, else on the next connected; rejects on close, timeout, abort", async () => {
+      const env = setup();
+      const first = env.client.ready();
+      const ws = await connect(env);
+      assert.deepEqual(await first, { session: "s1", node: "n1" });
+      assert.deepEqual(await env.client.ready(), { session: "s1", node: "n1" });
+      ws.drop(1006);
+      const next = env.client.ready();
+      const timed = env.client.ready({ timeoutMs: 100 });
+      const controller = new AbortController();
+      const aborted = env.client.ready({ signal: controller.signal });
+      controller.abort();
+      await assert.rejects(aborted, (e) => e.code === "aborted");
+      await assert.rejects(env.client.ready({ signal: AbortSignal.abort() }), (e) => e.code === "aborted");
+      advance(100);
+      await assert.rejects(timed, (e) => e.code === "timeout");
+      await reconnect(env, { session: "s2" });
+      assert.deepEqual(await next, { session: "s2", node: "n1" });
+      env.last().drop(1006);
+      const onClose = env.client.ready();
+      env.client.close();
+      await assert.rejects(onClose, (e) => e.code === "closed" && e.closeCode === 1000);
+      await assert.rejects(env.client.ready(), (e) => e.code === "closed" && e.closeCode === 1000);
+      assert.equal(env.client._timers.size, 0);
+    });
+  });
+
+  describe("publishes", () => {
+    test("timeout: rejects, is not sent again; a retry timer is cancelled", async () => {
+      const env = setup({ options: { publishTimeoutMs: 3000 } });
+      const queued = env.client.publish("chat.lobby", 1, { id: "q" }); // default timeout from the options
+      const own = env.client.publish("chat.lobby", 2, { id: "own", timeoutMs: 0 }); // 0: none
+      advance(3000);
+      await assert.rejects(queued, (e) => e.code === "timeout" && e.room === "chat.lobby" && e.id === "q");
+      const ws = await connect(env);
+      assert.deepEqual(ws.frames("publish").map((p) => p.id), ["own"]);
+      ws.recv({ type: "ack", seq: 1, ref: ws.frames("publish")[0].ref });
+      await own;
+
+      const retried = env.client.publish("chat.lobby", 3, { id: "r", timeoutMs: 400 });
+      ws.recv({ type: "error", code: "rate_limited", message: "slow", ref: ws.frames("publish").at(-1).ref });
+      advance(400); // the first retry waits 500-1000 ms
+      await assert.rejects(retried, (e) => e.code === "timeout" && e.id === "r");
+      advance(30000, 100);
+      assert.deepEqual(ws.frames("publish").map((p) => p.id), ["own", "r"], "no resend after the timeout");
+    });
+
+    test("abort before and during: rejects with aborted (room, id), not sent or not sent again", async () => {
+      const env = setup();
+      const ws = await connect(env);
+      const before = env.client.publish("chat.lobby", 1, { id: "a0", signal: AbortSignal.abort() });
+      await assert.rejects(before, (e) => e instanceof JetsockError && e.code === "aborted" && e.id === "a0" && e.room === "chat.lobby");
+      assert.deepEqual(ws.frames("publish"), [], "an aborted signal: never sent");
+      const controller = new AbortController();
+      const during = env.client.publish("chat.lobby", 2, { id: "a1", signal: controller.signal });
+      assert.equal(ws.frames("publish").length, 1);
+      controller.abort();
+      await assert.rejects(during, (e) => e.code === "aborted" && e.id === "a1");
+      // The copy already sent may still be stored; its late ack changes nothing.
+      ws.recv({ type: "ack", seq: 5, ref: ws.frames("publish")[0].ref });
+      ws.drop(1006);
+      const ws2 = await reconnect(env);
+      assert.deepEqual(ws2.frames("publish"), [], "an aborted publish is not resent after a reconnect");
+    });
+
+    test("maxQueued counts publishes in flight too; an ack frees a slot", async () => {
+      const env = setup({ options: { maxQueued: 2 } });
+      const ws = await connect(env);
+      const a = env.client.publish("chat.lobby", 1);
+      const b = env.client.publish("chat.lobby", 2);
+      assert.equal(ws.frames("publish").length, 2);
+      await assert.rejects(env.client.publish("chat.lobby", 3, { id: "x" }), (e) => e.code === "queue_full" && e.id === "x" && e.room === "chat.lobby");
+      ws.recv({ type: "ack", seq: 1, ref: ws.frames("publish")[0].ref });
+      await a;
+      const c = env.client.publish("chat.lobby", 4);
+      assert.equal(ws.frames("publish").length, 3);
+      for (const p of ws.frames("publish").slice(1)) ws.recv({ type: "ack", seq: p.data, ref: p.ref });
+      assert.deepEqual(await Promise.all([b, c]), [
+        { seq: 2, duplicate: false },
+        { seq: 4, duplicate: false },
+      ]);
+    });
+
+    test("every refusal carries room and id; invalid room and closed too", async () => {
+      const env = setup();
+      await assert.rejects(env.client.publish("bad room", 1, { id: "i" }), (e) => e.code === "invalid_room" && e.id === "i" && e.room === "bad room");
+      await assert.rejects(env.client.publish("chat.x", 1n), TypeError);
+      const ws = await connect(env);
+      const p = env.client.publish("chat.x", 1, { id: "f" });
+      ws.recv({ type: "error", code: "too_large", message: "big", ref: ws.frames("publish")[0].ref });
+      await assert.rejects(p, (e) => e.code === "too_large" && e.id === "f" && e.room === "chat.x");
+      const open = env.client.publish("chat.x", 2, { id: "o" });
+      env.client.close();
+      await assert.rejects(open, (e) => e.code === "closed" && e.closeCode === 1000 && e.id === "o" && e.room === "chat.x");
+      await assert.rejects(env.client.publish("chat.x", 3, { id: "c" }), (e) => e.code === "closed" && e.closeCode === 1000 && e.id === "c");
+    });
+  });
+
+  describe("tokens", () => {
+    // The promises a logged-out client must reject, each with its handler attached at once.
+    function pendingOf(env, room) {
+      return {
+        publish: caught(env.client.publish("chat.lobby", 1)),
+        ready: caught(env.client.ready()),
+        roomReady: room ? caught(room.ready()) : null,
+      };
+    }
+
+    async function expectLoggedOut(env, { publish, ready, roomReady }) {
+      assert.deepEqual(env.lastState(), ["closed", { code: 4501, reason: "logged out", loggedOut: true }]);
+      const p = await publish;
+      assert.ok(p.code === "logged_out" && p.closeCode === 4501 && p.room === "chat.lobby" && typeof p.id === "string", p);
+      const r = await ready;
+      assert.ok(r.code === "logged_out" && r.closeCode === 4501, r);
+      if (roomReady) {
+        const rr = await roomReady;
+        assert.ok(rr.code === "logged_out" && rr.room === "chat.lobby" && rr.closeCode === 4501, rr);
+      }
+      await assert.rejects(env.client.publish("chat.lobby", 1), (e) => e.code === "logged_out");
+      assert.equal(env.client._timers.size, 0);
+    }
+
+    test("logged out (null) at the first connect: closed at once, no socket", async () => {
+      const env = setup({ token: async () => null });
+      const room = env.client.join("chat.lobby");
+      const pending = pendingOf(env, room);
+      await flush();
+      assert.equal(env.sockets.length, 0);
+      await expectLoggedOut(env, pending);
+      assert.equal(room.state, "left");
+    });
+
+    test("logged out after 4001", async () => {
+      let answer = "t1";
+      const reasons = [];
+      const env = setup({ token: (ctx) => (reasons.push(ctx.reason), answer) });
+      const room = env.client.join("chat.lobby");
+      const ws = await connect(env);
+      answer = null;
+      ws.drop(4001, "token expired");
+      const pending = pendingOf(env, room);
+      advance(env.lastState()[1].delayMs);
+      await flush();
+      assert.deepEqual(reasons, ["connect", "expired"]);
+      assert.equal(env.sockets.length, 1);
+      await expectLoggedOut(env, pending);
+    });
+
+    test("logged out on expiring: the open connection is closed with 1000", async () => {
+      let answer = "t1";
+      const env = setup({ token: async () => answer });
+      const room = env.client.join("chat.lobby");
+      const ws = await connect(env);
+      ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 0, recovered: false, ref: 1 });
+      const publish = caught(env.client.publish("chat.lobby", 1));
+      answer = null;
+      ws.recv({ type: "expiring", exp: 2e9 });
+      await flush();
+      assert.equal(ws.closed.code, 1000);
+      assert.deepEqual(ws.frames("refresh"), []);
+      assert.equal(room.state, "left");
+      assert.equal(room.error.code, "logged_out");
+      await expectLoggedOut(env, { publish, ready: caught(env.client.ready()), roomReady: caught(room.ready()) });
+    });
+
+    test("logged out after 4501", async () => {
+      let answer = "t1";
+      const env = setup({ token: async () => answer });
+      const ws = await connect(env);
+      answer = null;
+      ws.drop(4501, "unauthenticated");
+      await flush();
+      assert.deepEqual(env.lastState(), ["closed", { code: 4501, reason: "logged out", loggedOut: true }]);
+    });
+
+    test("a source that throws or gives a non-string is retried with backoff", async () => {
+      const answers = [() => Promise.reject(new Error("auth down")), () => 42, () => "", () => "good"];
+      const env = setup({ token: () => answers.shift()() });
+      await flush();
+      assert.equal(env.errors[0].message, "auth down");
+      assert.equal(env.lastState()[0], "reconnecting");
+      for (let i = 0; i < 2; i++) {
+        advance(env.lastState()[1].delayMs);
+        await flush();
+        assert.equal(env.errors.at(-1).code, "bad_token");
+        assert.equal(env.lastState()[0], "reconnecting");
+      }
+      assert.equal(env.sockets.length, 0);
+      advance(env.lastState()[1].delayMs);
+      await flush();
+      assert.deepEqual(env.last().protocols, ["jetsock.v1", "bearer.good"]);
+    });
+
+    test("after 4501 a throwing source is retried with backoff, and the refused token still stops", async () => {
+      const answers = ["t1", new Error("auth down"), "t1", "t1"];
+      const env = setup({
+        token: async () => {
+          const a = answers.shift();
+          if (a instanceof Error) throw a;
+          return a;
+        },
+      });
+      const ws = await connect(env);
+      ws.drop(4501, "unauthenticated");
+      await flush();
+      assert.equal(env.errors.at(-1).message, "auth down");
+      assert.equal(env.lastState()[0], "reconnecting");
+      const ws2 = await reconnect(env);
+      assert.deepEqual(ws2.protocols, ["jetsock.v1", "bearer.t1"]);
+      ws2.drop(4501, "unauthenticated");
+      await flush();
+      assert.deepEqual(env.lastState(), ["closed", { code: 4501, reason: "unauthenticated" }]);
+    });
+  });
+
+  test("1001 and 1012 do not grow the attempt count", async () => {
+    const env = setup();
+    let ws = await connect(env);
+    ws.drop(1006);
+    ws = await reconnect(env);
+    for (const code of [1012, 1001, 1012]) {
+      ws.drop(code);
+      assert.equal(env.lastState()[1].attempt, 2, `${code}`);
+      ws = await reconnect(env);
+    }
+  });
+
+  test("debug: the given function sees state changes, frames in and out, close decisions", async () => {
+    const logs = [];
+    const env = setup({ options: { debug: (...args) => logs.push(args) } });
+    env.client.join("chat.lobby");
+    const ws = await connect(env);
+    ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 0, recovered: false, ref: 1 });
+    ws.drop(4029, "slow down");
+    assert.deepEqual(logs[0], ["state", "connecting", undefined]);
+    assert.deepEqual(logs[1], ["in", "welcome", undefined, undefined]);
+    assert.deepEqual(logs[2], ["out", "join", 1, "chat.lobby"]);
+    assert.deepEqual(logs[3], ["state", "connected", { session: "s1", node: "n1" }]);
+    assert.deepEqual(logs[4], ["in", "joined", 1, "chat.lobby"]);
+    assert.deepEqual(logs[5], ["closed", 4029, "slow down", closePolicy(4029)]);
+    assert.equal(logs[6][0], "state");
+    assert.equal(logs[6][1], "reconnecting");
+
+    const printed = [];
+    const debug = mock.method(console, "debug", (...args) => printed.push(args));
+    try {
+      const env2 = setup({ options: { debug: true } });
+      await flush();
+      assert.deepEqual(printed[0], ["jetsock", "state", "connecting", undefined]);
+      env2.client.close();
+    } finally {
+      debug.mock.restore();
+    }
+  });
+
+  describe("injected event targets", () => {
+    test("networkEvents: offline waits without spending attempts, online reconnects at once", async () => {
+      const net = new EventTarget();
+      const env = setup({ options: { networkEvents: net, visibilityEvents: null } });
+      const ws = await connect(env);
+      net.dispatchEvent(new Event("offline"));
+      assert.equal(ws.frames("ping").length, 1, "liveness check when the network changes");
+      ws.drop(1006);
+      assert.deepEqual(env.lastState(), ["reconnecting", { attempt: 1, delayMs: null, code: 1006, offline: true }]);
+      advance(120000, 100);
+      await flush();
+      assert.equal(env.sockets.length, 1);
+      net.dispatchEvent(new Event("online"));
+      await flush();
+      assert.equal(env.sockets.length, 2);
+      env.client.close();
+      net.dispatchEvent(new Event("offline")); // listeners removed at close
+      net.dispatchEvent(new Event("online"));
+      await flush();
+      assert.equal(env.sockets.length, 2);
+    });
+
+    test("visibilityEvents: visible again pings when connected, reconnects at once when down", async () => {
+      const doc = new EventTarget();
+      doc.visibilityState = "visible";
+      const flip = (state) => {
+        doc.visibilityState = state;
+        doc.dispatchEvent(new Event("visibilitychange"));
+      };
+      const env = setup({ options: { visibilityEvents: doc, networkEvents: null, backoffBase: 60000, backoffCap: 60000 } });
+      let ws = await connect(env);
+      flip("hidden");
+      flip("visible");
+      assert.equal(ws.frames("ping").length, 1);
+      ws.drop(1006);
+      flip("hidden");
+      flip("visible");
+      await flush();
+      assert.equal(env.sockets.length, 2, "no 60 s backoff wait");
+      ws = await connect(env);
+      flip("visible"); // not hidden before: nothing
+      assert.equal(ws.frames("ping").length, 0);
+    });
+
+    test("null targets: no listeners even where window and document exist", async () => {
+      const win = new EventTarget();
+      const doc = new EventTarget();
+      const saved = { window: globalThis.window, document: globalThis.document };
+      Object.assign(globalThis, { window: win, document: doc });
+      try {
+        const env = setup({ options: { networkEvents: null, visibilityEvents: null } });
+        const ws = await connect(env);
+        win.dispatchEvent(new Event("offline"));
+        doc.visibilityState = "hidden";
+        doc.dispatchEvent(new Event("visibilitychange"));
+        doc.visibilityState = "visible";
+        doc.dispatchEvent(new Event("visibilitychange"));
+        assert.equal(ws.frames("ping").length, 0);
+        const defaults = setup();
+        const ws2 = await connect(defaults);
+        win.dispatchEvent(new Event("offline"));
+        assert.equal(ws2.frames("ping").length, 1, "undefined: the global window is used");
+      } finally {
+        for (const [k, v] of Object.entries(saved)) {
+          if (v === undefined) delete globalThis[k];
+          else globalThis[k] = v;
+        }
+      }
+    });
   });
 
   describe("browser events", () => {

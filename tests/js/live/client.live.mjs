@@ -1,0 +1,249 @@
+// The JS client against a real edge on a real nats-server, with the `ws` package as its
+// WebSocket. Run by tests/clients/test_js_live.py, which starts the edge and sets:
+//   JETSOCK_TEST_URL     ws://host:port/ws
+//   JETSOCK_TEST_HTTP    http://host:port
+//   JETSOCK_TEST_SECRET  the edge's HS256 secret (tokens are minted here with node:crypto)
+//   JETSOCK_TEST_MAX_ROOMS  the edge's max_rooms_per_connection (default 100)
+// The file name does not match node's test patterns, so `node --test tests/js/` skips it;
+// run it by name: node --test tests/js/live/client.live.mjs
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createHmac, randomUUID } from "node:crypto";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { Jetsock, JetsockError } from "../../../clients/js/jetsock.js";
+
+const WebSocket = createRequire(fileURLToPath(new URL("../../../clients/js/", import.meta.url)))("ws");
+const URL_WS = need("JETSOCK_TEST_URL");
+const URL_HTTP = need("JETSOCK_TEST_HTTP");
+const SECRET = need("JETSOCK_TEST_SECRET");
+const MAX_ROOMS = Number(process.env.JETSOCK_TEST_MAX_ROOMS ?? 100);
+const TIMEOUT = { timeout: 20000 };
+
+function need(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run this through tests/clients/test_js_live.py`);
+  return value;
+}
+
+const b64url = (value) => Buffer.from(typeof value == "string" ? value : JSON.stringify(value)).toString("base64url");
+
+/** An HS256 JWT as the edge expects it (PROTOCOL.md section 3). */
+function mint({ sub = "alice", ttl = 3600, join = [">"], publish = [">"] } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const head = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url({ sub, iat: now, exp: now + ttl, rooms: { join, publish } })}`;
+  return `${head}.${createHmac("sha256", SECRET).update(head).digest("base64url")}`;
+}
+
+// Each test has rooms of its own: they all share one stream.
+const roomName = (what) => `live.${what}.${randomUUID().slice(0, 8)}`;
+
+const clients = [];
+function client(options = {}) {
+  const c = new Jetsock(URL_WS, { WebSocket, token: mint(), networkEvents: null, visibilityEvents: null, ...options });
+  c.errors = [];
+  c.on("error", (err) => c.errors.push(err));
+  clients.push(c);
+  return c;
+}
+
+test.afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+});
+
+/** The next `n` messages of a room, in order. */
+function messages(room, n, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const got = [];
+    const timer = setTimeout(() => (off(), reject(new Error(`${got.length} of ${n} messages in ${room.name}`))), timeoutMs);
+    const off = room.on("message", (msg) => {
+      got.push(msg);
+      if (got.length === n) clearTimeout(timer), off(), resolve(got);
+    });
+  });
+}
+
+/** The state the client reaches next (or is in). */
+function reach(c, state, timeoutMs = 10000) {
+  if (c.state === state) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (off(), reject(new Error(`still ${c.state}, not ${state}`))), timeoutMs);
+    const off = c.on("state", (s, info) => s === state && (clearTimeout(timer), off(), resolve(info)));
+  });
+}
+
+async function httpPublish(room, data, token = mint({ sub: "backend" })) {
+  const response = await fetch(`${URL_HTTP}/v1/rooms/${room}/messages`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify(data),
+  });
+  assert.equal(response.status, 201, await response.clone().text());
+  return (await response.json()).seq;
+}
+
+test("lifecycle: joining -> joined, publish and ack, several listeners, once, leave", TIMEOUT, async () => {
+  const c = client();
+  const name = roomName("lifecycle");
+  const room = c.join(name);
+  const states = [room.state];
+  room.on("state", (s) => states.push(s));
+  const joined = await room.ready();
+  assert.equal(typeof joined.epoch, "string");
+  assert.ok(Number.isInteger(joined.seq));
+  assert.equal(joined.recovered, false);
+  assert.deepEqual(states, ["joining", "joined"]);
+  assert.equal(c.state, "connected");
+  assert.equal(typeof c.session, "string");
+
+  const first = messages(room, 2);
+  const second = messages(room, 2);
+  const onces = [];
+  room.once("message", (msg) => onces.push(msg.seq));
+  const a = await room.publish({ text: "one" }, { id: "id-1" });
+  const b = await room.publish({ text: "two" });
+  assert.ok(b.seq > a.seq && a.seq > joined.seq);
+  assert.equal(a.duplicate, false);
+  const got = await first;
+  assert.deepEqual((await second).map((m) => m.seq), [a.seq, b.seq], "every listener gets every message");
+  assert.deepEqual(got.map((m) => [m.seq, m.data, m.from]), [
+    [a.seq, { text: "one" }, "alice"],
+    [b.seq, { text: "two" }, "alice"],
+  ]);
+  assert.equal(got[0].id, "id-1");
+  assert.deepEqual(onces, [a.seq]);
+  assert.equal(room.seq, b.seq);
+
+  const again = await room.publish({ text: "one" }, { id: "id-1" });
+  assert.deepEqual(again, { seq: a.seq, duplicate: true }, "the same id is stored once");
+
+  await room.leave();
+  assert.equal(room.state, "left");
+  assert.deepEqual(states, ["joining", "joined", "left"]);
+  // The name can be joined again at once: the client waited for the server's left.
+  const back = c.join(name);
+  assert.equal((await back.ready()).recovered, false);
+  assert.deepEqual(c.errors, []);
+});
+
+test("join right after leave, without waiting: the second join is not refused", TIMEOUT, async () => {
+  const c = client();
+  const name = roomName("rejoin");
+  const room = c.join(name);
+  await room.ready();
+  room.leave(); // not awaited
+  const again = c.join(name);
+  await again.ready();
+  assert.equal(again.state, "joined");
+  assert.deepEqual(c.errors, []);
+});
+
+test("ready() rejects with forbidden; the room is left with .error and the client reports it", TIMEOUT, async () => {
+  const c = client({ token: mint({ join: ["open.>"], publish: ["open.>"] }) });
+  const room = c.join(roomName("secret"));
+  const lefts = [];
+  room.on("left", (info) => lefts.push(info));
+  await assert.rejects(room.ready(), (e) => e instanceof JetsockError && e.code === "forbidden" && e.room === room.name);
+  assert.equal(room.state, "left");
+  assert.equal(room.error.code, "forbidden");
+  assert.equal(lefts[0].reason, "forbidden");
+  assert.equal(c.errors[0].code, "forbidden");
+  await assert.rejects(c.publish(roomName("secret"), 1), (e) => e.code === "forbidden");
+  const open = c.join(`open.${randomUUID().slice(0, 8)}`); // the token may join this one
+  await open.ready();
+});
+
+test("ready() rejects with too_many_rooms past the server's limit; invalid names never leave the client", TIMEOUT, async () => {
+  const c = client();
+  const rooms = Array.from({ length: MAX_ROOMS + 1 }, (_, i) => c.join(roomName(`many${i}`)));
+  const results = await Promise.allSettled(rooms.map((r) => r.ready()));
+  const refused = results.filter((r) => r.status === "rejected");
+  assert.equal(refused.length, 1);
+  assert.equal(refused[0].reason.code, "too_many_rooms");
+  assert.equal(rooms.at(-1).error.code, "too_many_rooms");
+  assert.throws(() => c.join("not a room"), (e) => e.code === "invalid_room");
+  await assert.rejects(c.publish("a..b", 1), (e) => e.code === "invalid_room");
+});
+
+test("disconnect, publishes over HTTP meanwhile, connect: replayed with recovered true, in order, once", TIMEOUT, async () => {
+  const c = client({ autoConnect: false });
+  assert.equal(c.state, "idle");
+  const room = c.join(roomName("resume"));
+  c.connect();
+  await c.ready({ timeoutMs: 10000 });
+  await room.ready();
+  const own = messages(room, 1);
+  const { seq } = await room.publish({ n: 0 });
+  await own;
+  assert.equal(room.seq, seq);
+
+  c.disconnect();
+  await reach(c, "disconnected");
+  assert.equal(room.state, "joining");
+  const sent = [];
+  for (let n = 1; n <= 3; n++) sent.push(await httpPublish(room.name, { n }));
+  const queued = room.publish({ n: 4 }, { id: "while-down" }); // held until connect()
+  const replay = messages(room, 4);
+  const joined = new Promise((resolve) => room.once("joined", resolve));
+  c.connect();
+  assert.equal((await joined).recovered, true);
+  assert.equal(room.recovered, true);
+  const got = await replay;
+  const acked = await queued;
+  assert.deepEqual(got.map((m) => m.seq), [...sent, acked.seq]);
+  assert.deepEqual(got.map((m) => m.data.n), [1, 2, 3, 4]);
+  assert.deepEqual(got.slice(0, 3).map((m) => m.from), ["backend", "backend", "backend"]);
+  assert.equal(room.seq, acked.seq);
+  assert.deepEqual(c.errors, []);
+});
+
+test("publish timeout and abort: rejected, and never stored", TIMEOUT, async () => {
+  const watcher = client();
+  const c = client({ autoConnect: false });
+  const name = roomName("timeout");
+  const watched = watcher.join(name);
+  await watched.ready();
+  const seen = [];
+  watched.on("message", (m) => seen.push(m.data));
+
+  await assert.rejects(c.publish(name, "pre-aborted", { signal: AbortSignal.abort() }), (e) => e.code === "aborted" && e.room === name);
+  const timedOut = c.publish(name, "timed out", { timeoutMs: 200, id: "t1" });
+  const controller = new AbortController();
+  const aborted = c.publish(name, "aborted", { signal: controller.signal, id: "a1" });
+  await assert.rejects(timedOut, (e) => e.code === "timeout" && e.id === "t1" && e.room === name);
+  controller.abort();
+  await assert.rejects(aborted, (e) => e.code === "aborted" && e.id === "a1");
+
+  c.connect();
+  const marker = messages(watched, 1);
+  await c.publish(name, "marker");
+  await marker;
+  assert.deepEqual(seen, ["marker"], "what timed out or was aborted before sending was never sent");
+
+  // A long timeout that the ack beats changes nothing.
+  assert.equal((await c.publish(name, "quick", { timeoutMs: 5000 })).duplicate, false);
+});
+
+test("a token source that says logged out (null) closes the client", TIMEOUT, async () => {
+  const none = client({ token: () => null });
+  const closed = reach(none, "closed");
+  await assert.rejects(none.ready(), (e) => e.code === "logged_out" && e.closeCode === 4501);
+  assert.deepEqual(await closed, { code: 4501, reason: "logged out", loggedOut: true });
+
+  // On `expiring` (a token that expires within refresh_before): the source is asked for a
+  // refresh, answers null, and the open connection closes.
+  const reasons = [];
+  const c = client({ token: ({ reason }) => (reasons.push(reason), reason === "refresh" ? null : mint({ ttl: 20 })) });
+  const room = c.join(roomName("logout"));
+  // `expiring` comes right after welcome: the room may or may not be joined by then.
+  const ready = room.ready().then(() => null, (err) => err);
+  const info = await reach(c, "closed");
+  const err = await ready;
+  assert.ok(err === null || (err.code === "logged_out" && err.closeCode === 4501), err);
+  assert.deepEqual(info, { code: 4501, reason: "logged out", loggedOut: true });
+  assert.deepEqual(reasons, ["connect", "refresh"]);
+  assert.equal(room.state, "left");
+  assert.equal(room.error.code, "logged_out");
+  await assert.rejects(c.publish(room.name, 1), (e) => e.code === "logged_out" && e.closeCode === 4501);
+});
