@@ -51,7 +51,19 @@ function addMessage(msg) {
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 8;
   list.append(li);
   if (atBottom) list.scrollTop = list.scrollHeight;
-  $("position").textContent = `#${room.lastSeq} · epoch ${room.epoch ?? "?"}`;
+  $("position").textContent = `#${room.seq} · epoch ${room.epoch ?? "?"}`;
+}
+
+// The room's own lifecycle, beside the connection's: "joining…" while the join (or a rejoin
+// after a reconnect) is on its way, "joined (recovered)" when a resume replayed everything
+// missed, and the reason when the server refused or ended the membership.
+function showRoom(name, info) {
+  const el = $("room-state");
+  el.dataset.state = name;
+  el.className = `room-state ${name}`;
+  if (name === "joining") el.textContent = "joining…";
+  else if (name === "joined") el.textContent = info.recovered ? "joined (recovered)" : "joined";
+  else el.textContent = `left: ${info.reason}`;
 }
 
 function notice(text) {
@@ -92,6 +104,9 @@ $("join").addEventListener("submit", async (event) => {
     onMessage: addMessage,
     onReset: (info) => notice(`History reset (${info.reason}); going on from #${info.seq}`),
   });
+  showRoom(room.state);
+  room.on("state", showRoom);
+  room.ready().catch((err) => notice(`⚠ cannot join ${roomName}: ${err.code}`));
   $("room-name").textContent = roomName;
   $("chat").hidden = false;
   $("text").focus();

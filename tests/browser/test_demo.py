@@ -13,6 +13,7 @@ from playwright.async_api import BrowserContext
 
 from core.embedded import EmbeddedNats
 from tests.browser.conftest import open_demo, record_states, seqs_on, states
+from tests.conftest import token
 from tests.edge.checker import stored_seqs
 
 DOCS = Path(__file__).parents[2] / "docs"
@@ -188,3 +189,40 @@ async def test_a_page_coming_back_to_the_foreground_reconnects_at_once(
     await page.wait_for_selector('#state[data-state="connected"]', timeout=2500)
     after = await states(page)
     assert [s["state"] for s in after[before:]][:2] == ["connecting", "connected"]
+
+
+async def test_the_demo_shows_the_room_lifecycle_joining_joined_recovered_and_forbidden(
+    context: BrowserContext, edge_process: Any
+) -> None:
+    edge = await edge_process()
+    page = await open_demo(context, edge, "carol", room="life.room")
+    await page.wait_for_selector('#room-state[data-state="joined"]', timeout=15000)
+    assert await page.text_content("#room-state") == "joined"
+    await page.evaluate(
+        """() => {
+          window.__roomStates = [];
+          window.jetsockDemo.room.on("state", (state, info) => window.__roomStates.push(state));
+        }"""
+    )
+    await page.fill("#text", "before the crash")
+    await page.press("#text", "Enter")
+    await page.wait_for_selector("#messages li:has-text('before the crash')")
+    edge.kill(signal.SIGKILL)
+    await page.wait_for_selector('#room-state[data-state="joining"]', timeout=15000)
+    assert await page.text_content("#room-state") == "joining…"
+    await edge.start()
+    await page.wait_for_selector('#room-state[data-state="joined"]', timeout=30000)
+    assert await page.text_content("#room-state") == "joined (recovered)"
+    assert await page.evaluate("() => window.__roomStates") == ["joining", "joined"]
+
+    # A token whose rights do not cover the room: the join is refused and the page says why.
+    other = await context.new_page()
+    await other.goto(edge.http + "/")
+    restricted = token("dave", join=["chat.*"], publish=["chat.*"])
+    await other.fill("#name", "dave")
+    await other.fill("#room", "secret.room")
+    await other.evaluate("(t) => { document.getElementById('token').value = t; }", restricted)
+    await other.click("#join button")
+    await other.wait_for_selector('#room-state[data-state="left"]', timeout=15000)
+    assert await other.text_content("#room-state") == "left: forbidden"
+    await other.wait_for_selector("#messages li.notice:has-text('cannot join secret.room: forbidden')")
