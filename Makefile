@@ -22,7 +22,7 @@ cluster: $(STAMP) system-deps
 # The JS client's development tools (TypeScript for the type tests, esbuild for the bundle
 # size, ws for the node tests against a real server), pinned by clients/js/package-lock.json.
 JS_DEPS := clients/js/node_modules/.installed
-$(JS_DEPS): clients/js/package.json clients/js/package-lock.json
+$(JS_DEPS): clients/js/package.json clients/js/package-lock.json | system-deps
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -61,6 +61,14 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs haproxy redis-server >/dev/null; \
 	  else \
 	    echo "the tests need chromium, node, haproxy and redis-server: apt-get install chromium nodejs haproxy redis-server" >&2; exit 1; \
+	  fi; \
+	fi
+	@# Debian's nodejs comes without npm (nodesource's build has it): the JS client's dev tools need it.
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else \
+	    echo "the JS client's tests need npm: apt-get install npm" >&2; exit 1; \
 	  fi; \
 	fi
 
