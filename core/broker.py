@@ -23,6 +23,7 @@ from nats.js.errors import NoStreamResponseError
 from core.feed import FeedListener, LiveFeeds
 from core.fetch import Batch, FetchError, RoomFetcher
 from core.health import PROBE_INTERVAL, BrokerHealth
+from core.history import HistoryReader, Page
 from core.natsconn import PlainTextRefused, StrictTlsClient, connect_options
 from core.position import Position
 from core.rooms import room_subject
@@ -52,7 +53,7 @@ class ReplaySlots:
         self.peak = 0
 
     async def fetch(
-        self, fetcher: RoomFetcher, room: str, after: int, batch: int, up_to: int, max_bytes: int = 0
+        self, fetcher: RoomFetcher, room: str, after: int, batch: int, up_to: int | None, max_bytes: int = 0
     ) -> Batch:
         async with self._semaphore:
             self.in_flight += 1
@@ -89,7 +90,7 @@ class Replay:
     client between batches.
     """
 
-    __slots__ = ("_after", "_fetcher", "_first", "_max_bytes", "_room", "_slots", "_upper", "recovered")
+    __slots__ = ("_after", "_fetcher", "_first", "_max_bytes", "_room", "_slots", "_upper", "count", "recovered")
 
     def __init__(
         self,
@@ -103,6 +104,8 @@ class Replay:
         max_bytes: int = 0,
     ) -> None:
         self.recovered = recovered
+        self.count = 0
+        """How many messages the replay holds, (after, upper]: `joined.replayed`."""
         self._first = first or []
         self._after = after
         self._room = room
@@ -110,6 +113,11 @@ class Replay:
         self._fetcher = fetcher
         self._slots = slots
         self._max_bytes = max_bytes
+
+    @property
+    def after(self) -> int:
+        """The replay sends the messages after this seq (up to its upper bound)."""
+        return self._after
 
     async def batches(self) -> AsyncIterator[list[StoredMessage]]:
         """Every message in (since, upper]; `upper` is a room message's seq (the
@@ -165,6 +173,7 @@ class Broker:
         self.epoch = ""
         self._closing = False
         self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
+        self._history: HistoryReader | None = None
         self.health = BrokerHealth(settings.nats_unready_after)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -422,7 +431,70 @@ class Broker:
             raise Unavailable(str(exc)) from None
         if len(messages) + first.pending > limit:
             return Replay(False)
-        return Replay(True, messages, after, room, upper, self.fetcher, self.replay_slots, max_bytes)
+        replay = Replay(True, messages, after, room, upper, self.fetcher, self.replay_slots, max_bytes)
+        replay.count = await self._count_up_to(room, messages, first.pending, upper)
+        return replay
+
+    async def _count_up_to(self, room: str, first: list[StoredMessage], pending: int, upper: int) -> int:
+        """How many of the room's messages lie in (after, upper], given the first batch read
+        after `after` (already cut at `upper`) and the count of those after it. One direct get
+        more only when the replay spans several batches: count(upper + 1)."""
+        if pending == 0 or (first and first[-1].seq >= upper):
+            return len(first)
+        try:
+            _, beyond = await self.history.probe_of(room)(upper + 1)
+        except FetchError as exc:
+            raise Unavailable(str(exc)) from None
+        return len(first) + max(0, pending - beyond)
+
+    async def replay_last(self, room: str, n: int, head: Position) -> Replay:
+        """The room's newest `n` messages up to `head` (all of them when it holds fewer), as a
+        replay through the same join seam as a `since` one (PROTOCOL.md section 9).
+
+        The window is found by counting (core/history.py: a few direct gets, no consumer);
+        its oldest message is read first, and the rest in batches paced by the client.
+        """
+        upper = head.seq
+        if upper <= 0:
+            return Replay(True)
+        max_bytes = max(1, self.settings.max_pending_bytes // 4)
+        try:
+            window = await self.history.start_of_last(room, n, upper)
+            if window.keep == 0:
+                return Replay(True)
+            first = await self.replay_slots.fetch(
+                self.fetcher, room, window.start - 1, min(window.keep, REPLAY_BATCH), upper, max_bytes
+            )
+        except FetchError as exc:
+            raise Unavailable(str(exc)) from None
+        replay = Replay(True, first.messages, window.start - 1, room, upper, self.fetcher, self.replay_slots, max_bytes)
+        replay.count = window.keep
+        return replay
+
+    async def history_page(self, room: str, before: int | None, limit: int) -> Page:
+        """A page of the room's stored messages older than `before` (default: from the head)."""
+        try:
+            # Searching from the room's real head (one direct get), not from `before` as given:
+            # a `before` far past the head would cost the search a step per bit of the gap.
+            head = await self.fetcher.head(room)
+            upper = head + 1 if before is None else min(before, head + 1)
+            if head == 0:
+                return Page([], False, 0, 0)
+            return await self.history.page(room, upper, limit, self.settings.history_page_bytes)
+        except FetchError as exc:
+            raise Unavailable(str(exc)) from None
+
+    @property
+    def history(self) -> HistoryReader:
+        """The backward reader, its reads bounded like replays (max_concurrent_replays)."""
+        if self._history is None:
+            fetcher, slots = self.fetcher, self.replay_slots
+
+            async def fetch(room: str, after: int, batch: int, up_to: int | None, max_bytes: int) -> Batch:
+                return await slots.fetch(fetcher, room, after, batch, up_to, max_bytes)
+
+            self._history = HistoryReader(fetch)
+        return self._history
 
     async def _nothing_discarded(self, room: str) -> bool:
         """For `since` = 0: true when no message of the room can have been removed."""

@@ -159,6 +159,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_concurrent_replays: Annotated[
         int, _doc("Replay reads in flight per node; more joins with `since` wait, so live traffic goes on.")
     ] = 32
+    max_history_page: Annotated[
+        int, _doc("Largest `last` of a join and `limit` of a history page (at most 10000).")
+    ] = 100
+    history_page_bytes: Annotated[
+        int,
+        _doc(
+            "Most bytes of messages in one history page or `last` replay batch; a page that would be larger is"
+            " cut to its newest messages and says `more: true`."
+        ),
+    ] = 262144
+    history_rate: Annotated[float, _doc("History requests per second per connection (refill rate).")] = 10.0
+    history_burst: Annotated[int, _doc("History requests a connection may send at once.")] = 20
     publish_rate: Annotated[float, _doc("Publishes per second per connection (refill rate).")] = 20.0
     publish_burst: Annotated[int, _doc("Publishes a connection may send at once.")] = 40
     rate_limit_strikes: Annotated[

@@ -72,6 +72,7 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     app.router.add_get("/readyz", http_api.readyz)
     app.router.add_get("/metrics", http_api.metrics)
     app.router.add_post("/v1/rooms/{room}/messages", http_api.publish)
+    app.router.add_get("/v1/rooms/{room}/messages", http_api.get_messages)
     app.router.add_post("/v1/subjects/{sub}/disconnect", http_api.disconnect)
     pages.add_routes(app)
     admin.add_routes(app)

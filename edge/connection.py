@@ -56,6 +56,7 @@ class Connection(Outbox):
 
     __slots__ = (
         "_expiry",
+        "_history_bucket",
         "_join_bucket",
         "_node",
         "_publish_bucket",
@@ -89,6 +90,7 @@ class Connection(Outbox):
         self.counted_sub: str | None = None
         self._publish_bucket: TokenBucket | None = None
         self._join_bucket: TokenBucket | None = None
+        self._history_bucket: TokenBucket | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._work: InFlight | None = None
         self._warned = False
@@ -172,6 +174,13 @@ class Connection(Outbox):
             settings = self._node.settings
             self._join_bucket = TokenBucket(settings.join_rate, settings.join_burst, time.monotonic())
         return self._join_bucket
+
+    def history_bucket(self) -> TokenBucket:
+        """The history rate limit (its own: paging back must not eat the publish budget)."""
+        if self._history_bucket is None:
+            settings = self._node.settings
+            self._history_bucket = TokenBucket(settings.history_rate, settings.history_burst, time.monotonic())
+        return self._history_bucket
 
     @property
     def work(self) -> InFlight:

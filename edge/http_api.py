@@ -11,6 +11,7 @@ from core.auth import AuthError, Principal
 from core.broker import Unavailable
 from core.rooms import ROOM_RULE, is_valid_room
 from edge.decode import is_utf8
+from edge.history import check_request, int_param, page_body, read_page
 from edge.node import Node
 from edge.publishing import publish_traced
 from edge.session import NODE_KEY
@@ -184,3 +185,28 @@ async def disconnect(request: web.Request) -> web.Response:
     for conn in victims:
         conn.close(Disconnect(code, reason))
     return web.json_response({"closed": len(victims)})
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    """GET /v1/rooms/<room>/messages?before=<seq>&limit=<n> with a bearer token holding join rights:
+    the `history` page (PROTOCOL.md section 9), as JSON."""
+    node: Node = request.app[NODE_KEY]
+    room = request.match_info["room"]
+    try:
+        before = int_param(request.query_string, "before")
+        limit = int_param(request.query_string, "limit")
+    except ValueError as exc:
+        return problem(400, ErrorCode.BAD_REQUEST, str(exc))
+    reason = check_request(node, room, before, limit)
+    if reason is not None:
+        return problem(400, ErrorCode.BAD_REQUEST if is_valid_room(room) else ErrorCode.INVALID_ROOM, reason)
+    principal = await bearer_principal(request, node, "a JWT with join rights")
+    if isinstance(principal, web.Response):
+        return principal
+    if not principal.can_join(room):
+        return problem(403, ErrorCode.FORBIDDEN, f"the token does not allow reading {room!r}")
+    try:
+        page = await read_page(node, room, before, limit, "http")
+    except Unavailable as exc:
+        return problem(503, ErrorCode.UNAVAILABLE, f"cannot read the room now, retry: {exc}")
+    return web.Response(body=page_body(node, room, page), content_type="application/json")

@@ -30,17 +30,29 @@ RECOVERED = {"jetsock.recovered": "true"}
 NOT_RECOVERED = {"jetsock.recovered": "false"}
 
 
-async def join(node: Node, conn: Connection, room: str, since: int | None, epoch: str | None, ref: Ref) -> None:
-    """Join `room` (already reserved in `conn.rooms`) and answer `joined`, or an error."""
+async def join(
+    node: Node, conn: Connection, room: str, since: int | None, epoch: str | None, last: int | None, ref: Ref
+) -> None:
+    """Join `room` (already reserved in `conn.rooms`) and answer `joined`, or an error.
+
+    With `last` (version 1.1) and no recoverable `since`, the room's newest `last`
+    messages are the replay instead: the same seam, the same pacing, only its start
+    differs (found by counting backwards, core/history.py).
+    """
     hub = node.hub
     framing = conn.transport_adapter.framing
     seam = hub.add_joining(conn, room, framing)
     replay: Replay | None = None
+    recovered = False
     try:
         head = await node.interest.watch(room)
         if since is not None:
             outcome = await node.broker.replay(room, Position(since, epoch or head.epoch), head.seq)
             replay = outcome if outcome.recovered else None
+            recovered = replay is not None
+        if replay is None and last is not None:
+            newest = await node.broker.replay_last(room, last, head)
+            replay = newest if newest.count else None
     except Unavailable as exc:
         _abandon(node, conn, room, seam)
         conn.error(ErrorCode.UNAVAILABLE, f"cannot join now, retry: {exc}", ref)
@@ -56,12 +68,14 @@ async def join(node: Node, conn: Connection, room: str, since: int | None, epoch
         _abandon(node, conn, room, seam)
         conn.error(ErrorCode.FORBIDDEN, f"the token does not allow joining {room!r}", ref)
         return
-    # A complete replay sends (since, head]; otherwise the member starts at the head.
-    seam.start(since if replay is not None and since is not None else head.seq)
-    conn.send(Joined(room=room, epoch=head.epoch, seq=head.seq, recovered=replay is not None, ref=ref))
+    # A replay sends (its start, head]: after `since` when it is recovered, from the oldest
+    # of the newest `last` otherwise; without one the member starts at the head.
+    seam.start(replay.after if replay is not None else head.seq)
+    replayed = replay.count if replay is not None else 0
+    conn.send(Joined(room=room, epoch=head.epoch, seq=head.seq, recovered=recovered, replayed=replayed, ref=ref))
     node.metrics.joins.add(1)
     if since is not None:
-        node.metrics.replays.add(1, RECOVERED if replay is not None else NOT_RECOVERED)
+        node.metrics.replays.add(1, RECOVERED if recovered else NOT_RECOVERED)
     if replay is None and not seam.held:
         hub.finish_seam(conn, room, seam, node.broker.cursor(room))
     else:

@@ -22,6 +22,7 @@ from core.broker import PublishUncertain, Unavailable
 from core.rooms import ROOM_RULE, is_valid_room
 from edge.connection import Connection
 from edge.decode import BadFrame, decode_client_frame
+from edge.history import history
 from edge.joining import join
 from edge.node import Node
 from edge.publishing import publish_traced
@@ -30,6 +31,7 @@ from schemas import (
     Auth,
     Disconnects,
     ErrorCode,
+    History,
     Join,
     Leave,
     Left,
@@ -45,6 +47,9 @@ from schemas.frames import Ref
 log = logging.getLogger(__name__)
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+
+FEATURES = ("history",)
+"""What `welcome.features` lists (version 1.1): what this node serves."""
 
 
 # --- authentication -------------------------------------------------------------
@@ -67,7 +72,14 @@ async def authenticate(node: Node, conn: Connection, token: str, ref: Ref = None
         return False
     conn.opened_as(principal)
     conn.send(
-        Welcome(session=conn.session, node=node.name, heartbeat=node.settings.heartbeat, exp=principal.exp, ref=ref)
+        Welcome(
+            session=conn.session,
+            node=node.name,
+            heartbeat=node.settings.heartbeat,
+            exp=principal.exp,
+            features=list(FEATURES),
+            ref=ref,
+        )
     )
     return True
 
@@ -113,6 +125,8 @@ def receive_text(node: Node, conn: Connection, data: bytes) -> None:
             conn.send(Pong(ref=frame.ref))
         case Refresh():
             conn.submit(("refresh",), lambda: _refresh(node, conn, frame))
+        case History():
+            history(node, conn, frame)
         case Auth():
             conn.error(ErrorCode.BAD_REQUEST, "already authenticated: use refresh to change the token", frame.ref)
 
@@ -144,12 +158,14 @@ def _join(node: Node, conn: Connection, frame: Join) -> None:
         conn.error(ErrorCode.FORBIDDEN, f"the token does not allow joining {room!r}", ref)
     elif room in conn.rooms:
         conn.error(ErrorCode.BAD_REQUEST, f"already a member of {room!r}", ref)
+    elif frame.last is not None and frame.last > settings.max_history_page:
+        conn.error(ErrorCode.BAD_REQUEST, f"last is 1 to {settings.max_history_page}", ref)
     elif len(conn.rooms) >= settings.max_rooms_per_connection:
         conn.error(ErrorCode.TOO_MANY_ROOMS, f"at most {settings.max_rooms_per_connection} rooms", ref)
     else:
         # Reserved now, so a second join or a leave read meanwhile sees it; joined in its lane.
         conn.add_room(room)
-        conn.submit(("room", room), lambda: join(node, conn, room, frame.since, frame.epoch, ref))
+        conn.submit(("room", room), lambda: join(node, conn, room, frame.since, frame.epoch, frame.last, ref))
 
 
 def _leave(node: Node, conn: Connection, frame: Leave) -> None:

@@ -126,6 +126,18 @@ class Metrics:
         self.leaves = meter.create_counter("jetsock.leaves", description="Room leaves (asked for, or rights lost)")
         self.replays = meter.create_counter("jetsock.replays", description="Joins with since, by recovered")
         self.replayed = meter.create_counter("jetsock.replay.messages", description="Messages sent by replays")
+        self.history_requests = meter.create_counter(
+            "jetsock.history.requests", description="History pages served, by transport (frame, http)"
+        )
+        self.history_messages = meter.create_counter(
+            "jetsock.history.messages", description="Messages served in history pages, by transport (frame, http)"
+        )
+        self.history_duration = meter.create_histogram(
+            "jetsock.history.duration",
+            unit="s",
+            description="A history page from request to reply, its direct gets included",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
         self.closes = meter.create_counter("jetsock.closes", description="Connections closed, by close code")
         self.auth_failures = meter.create_counter("jetsock.auth.failures", description="Refused tokens, by reason")
         self.rate_limit_hits = meter.create_counter(

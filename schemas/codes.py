@@ -140,6 +140,8 @@ class Disconnects:
     """rate_limit_strikes refused publishes in a row: back off at least 5 s."""
     JOIN_RATE = Disconnect(CloseCode.RATE_LIMITED, "join/leave rate limit exceeded persistently")
     """rate_limit_strikes refused joins or leaves in a row: back off at least 5 s."""
+    HISTORY_RATE = Disconnect(CloseCode.RATE_LIMITED, "history rate limit exceeded persistently")
+    """rate_limit_strikes refused history requests in a row: back off at least 5 s."""
     TOO_MANY_FOR_SUB = Disconnect(CloseCode.RATE_LIMITED, "too many connections for this subject on this node")
     """max_connections_per_sub reached: back off."""
     TOKEN_IN_URL = Disconnect(

@@ -18,6 +18,9 @@ from schemas.codes import ErrorCode
 MAX_SEQ = 2**63 - 1
 """Stream sequences are unsigned 64-bit in NATS; no real one comes near this bound."""
 
+HISTORY_PAGE_CEILING = 10_000
+"""The largest `max_history_page` a node may be configured with."""
+
 Ref = int | str | None
 """A client-chosen request id, echoed in the reply."""
 
@@ -34,10 +37,26 @@ class Auth(_Frame, tag="auth"):
     ref: Ref = None
 
 
+PageSize = Annotated[int, msgspec.Meta(ge=1, le=HISTORY_PAGE_CEILING)]
+"""`last` and `limit`: at least 1; the node's `max_history_page` (at most this) is checked
+by the session, so the error can name it."""
+
+
 class Join(_Frame, tag="join"):
     room: str
     since: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)] | None = None
     epoch: str | None = None
+    last: PageSize | None = None
+    """The room's newest `last` messages follow `joined` (version 1.1, PROTOCOL.md section 9)."""
+    ref: Ref = None
+
+
+class History(_Frame, tag="history"):
+    """A page of a room's stored messages, older than `before` (default: from the head)."""
+
+    room: str
+    before: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)] | None = None
+    limit: PageSize | None = None
     ref: Ref = None
 
 
@@ -62,7 +81,7 @@ class Refresh(_Frame, tag="refresh"):
     ref: Ref = None
 
 
-ClientFrame = Auth | Join | Leave | Publish | Ping | Refresh
+ClientFrame = Auth | Join | Leave | Publish | Ping | Refresh | History
 
 
 # --- server to client -------------------------------------------------------
@@ -73,6 +92,8 @@ class Welcome(_Frame, tag="welcome"):
     node: str
     heartbeat: float
     exp: int
+    features: list[str] | None = None
+    """What this node has switched on (version 1.1): `history`, `presence`, `stream`, `deflate`."""
     ref: Ref = None
 
 
@@ -81,6 +102,9 @@ class Joined(_Frame, tag="joined"):
     epoch: str
     seq: int
     recovered: bool
+    replayed: int | None = None
+    """How many stored messages follow before live ones (version 1.1). The edge always sets it
+    (0 included); None only stands for a server older than 1.1."""
     ref: Ref = None
 
 
@@ -132,4 +156,15 @@ class Error(_Frame, tag="error"):
     ref: Ref = None
 
 
-ServerFrame = Welcome | Joined | Msg | Left | Ack | Reset | Expiring | Refreshed | Pong | Error
+class HistoryPage(_Frame, tag="history"):
+    """The reply to `history`: `messages` are `msg` frames without `type`, in increasing `seq`."""
+
+    room: str
+    epoch: str
+    messages: msgspec.Raw
+    """A JSON array, spliced from the messages' encodings (each encoded once)."""
+    more: bool
+    ref: Ref = None
+
+
+ServerFrame = Welcome | Joined | Msg | Left | Ack | Reset | Expiring | Refreshed | Pong | Error | HistoryPage
