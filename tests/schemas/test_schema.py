@@ -42,18 +42,20 @@ from schemas.jsonschema import SCHEMA_PATH, check, main, render
 
 PROJECT_PROTOCOL = Path(__file__).resolve().parents[2] / "schemas" / "PROTOCOL.md"
 
-# PROTOCOL.md section 2: frame type -> required fields, optional fields.
+# PROTOCOL.md section 2 (and 9-12, version 1.1): frame type -> required fields, optional fields.
 CLIENT_FRAMES: dict[str, tuple[set[str], set[str]]] = {
     "auth": ({"token"}, {"ref"}),
-    "join": ({"room"}, {"since", "epoch", "ref"}),
+    "join": ({"room"}, {"since", "epoch", "last", "ref"}),
+    "history": ({"room"}, {"before", "limit", "ref"}),
     "leave": ({"room"}, {"ref"}),
     "publish": ({"room", "data"}, {"id", "ref"}),
     "ping": (set(), {"ref"}),
     "refresh": ({"token"}, {"ref"}),
 }
 SERVER_FRAMES: dict[str, tuple[set[str], set[str]]] = {
-    "welcome": ({"session", "node", "heartbeat", "exp"}, {"ref"}),
-    "joined": ({"room", "epoch", "seq", "recovered"}, {"ref"}),
+    "welcome": ({"session", "node", "heartbeat", "exp"}, {"features", "ref"}),
+    "joined": ({"room", "epoch", "seq", "recovered"}, {"replayed", "ref"}),
+    "history": ({"room", "epoch", "messages", "more"}, {"ref"}),
     "msg": ({"room", "seq", "ts", "data"}, {"id", "from", "encoding"}),
     "left": ({"room"}, {"reason", "ref"}),
     "ack": ({"seq"}, {"duplicate", "ref"}),
@@ -238,9 +240,10 @@ def test_server_frames_match_protocol() -> None:
 
 
 def test_frame_tags_are_unique_across_directions() -> None:
+    """But `history`: the contract (section 9) names the request and its reply alike."""
     client = {_tag(cls) for cls in _union_members(ClientFrame)}
     server = {_tag(cls) for cls in _union_members(ServerFrame)}
-    assert not client & server
+    assert client & server == {"history"}
 
 
 def test_codes_match_protocol() -> None:
