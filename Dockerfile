@@ -25,7 +25,8 @@ COPY core core
 COPY edge edge
 COPY schemas schemas
 COPY clients/python clients/python
-COPY clients/js clients/js
+# Only what the edge serves: the module and its types (not the package's dev tools).
+COPY clients/js/jetsock.js clients/js/jetsock.d.ts clients/js/
 # A regular (not editable) install from a wheel. edge/pages.py serves the
 # browser client from Path(edge.__file__).parents[1] / "clients" / "js", which
 # for an installed package is site-packages/clients/js: the JS files are put

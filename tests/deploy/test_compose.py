@@ -278,7 +278,11 @@ def test_image_puts_the_js_client_where_the_edge_serves_it_from() -> None:
     assert "pip wheel" in build and "purelib" in build
     assert '"$site/clients/js"' in build
     assert "p.CLIENT_JS" in build
-    assert any(i.keyword == "COPY" and i.args.startswith("clients/js ") for i in stages()[0])
+    copied = [i.args.split() for i in stages()[0] if i.keyword == "COPY"]
+    assert any(
+        "clients/js/jetsock.js" in words and "clients/js/jetsock.d.ts" in words and words[-1] == "clients/js/"
+        for words in copied
+    ), "the module and its types are copied (not the package's node_modules)"
 
 
 # ------------------------------------------------------------------------ compose
