@@ -98,6 +98,17 @@ async def test_metrics_move_as_the_traffic_does(make_edge: Any, backend: Any) ->
     await bob.request(type="leave", room="obs")
     assert value(await scrape(edge), "jetsock_leaves_total") == 1
 
+    # A history page (membership not needed), by transport, and its latency.
+    await bob.send(type="history", room="obs", limit=2, ref="page")
+    page = await bob.recv()
+    while page["type"] in ("msg", "left"):  # what the replay and the leave sent, still on its way
+        page = await bob.recv()
+    assert (page["type"], page.get("ref"), len(page.get("messages", ()))) == ("history", "page", 2), page
+    paged = await scrape(edge)
+    assert value(paged, "jetsock_history_requests_total", jetsock_transport="frame") == 1
+    assert value(paged, "jetsock_history_messages_total", jetsock_transport="frame") == 2
+    assert value(paged, "jetsock_history_duration_seconds_count", jetsock_transport="frame") == 1
+
     # A refused token, by reason.
     refused = await open_ws(edge.url, ("jetsock.v1", "bearer.not-a-jwt"))
     assert (await refused.closed())[0] == 4501
