@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.conductor import progress
 from bench.machine import describe
 from bench.report import RESULTS, write_report
-from bench.scenarios import FULL, QUICK, SCENARIOS
+from bench.scenarios import FULL, JETSOCK_ONLY, QUICK, SCENARIOS
 from bench.systems import DEFAULT_SYSTEMS, SYSTEMS
 
 FIXED_KEYS = (
@@ -44,6 +44,10 @@ async def run(scenarios: list[str], systems: list[str], quick: bool, results: Pa
     started = time.monotonic()
     for scenario in scenarios:
         for system in systems:
+            if scenario in JETSOCK_ONLY and SYSTEMS[system].protocol != "jetsock":
+                progress(f"{scenario} {system}: skipped, {system} has no {scenario}")
+                print(file=sys.stderr)
+                continue
             began = time.monotonic()
             figures = await SCENARIOS[scenario](system, scale)
             everything = {"scenario": scenario, "system": system, **figures, "machine": machine}

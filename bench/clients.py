@@ -12,10 +12,12 @@ with `since`; python-socketio has no replay, so it just rejoins.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -31,14 +33,24 @@ class Data(msgspec.Struct):
     n: int = 0
 
 
+class PageEntry(msgspec.Struct):
+    """A message of a `history` page: only its seq is read (the order is checked)."""
+
+    seq: int = 0
+
+
 class JetsockFrame(msgspec.Struct):
     type: str
     room: str = ""
     seq: int = 0
     node: str = ""
     recovered: bool = False
+    replayed: int = 0
     data: Data | None = None
     code: str = ""
+    messages: list[PageEntry] = []
+    more: bool = False
+    ref: int | str | None = None
 
 
 class SioMessage(msgspec.Struct):
@@ -69,6 +81,8 @@ class Stats:
         self.duplicate_samples: list[list[object]] = []
         """The first duplicates seen: room, number, the last number before it, the client's reconnects."""
         self.histogram: dict[int, int] = {}
+        self.pages = PageStats()
+        """`history` pages asked and answered (the history scenario)."""
         self.closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.expected: dict[str, int] = {}
@@ -120,6 +134,43 @@ class Stats:
         }
 
 
+class PageStats:
+    """History pages of one load-generator process: latency by kind, request to reply."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.answered = 0
+        self.messages = 0
+        self.more = 0
+        self.errors = 0
+        """Requests answered with an error frame (rate_limited, unavailable)."""
+        self.unordered = 0
+        """Pages whose seqs were not increasing, or not all below `before`."""
+        self.histograms: dict[str, dict[int, int]] = {}
+
+    def answer(self, kind: str, started: float, frame: JetsockFrame, before: int | None) -> None:
+        key = hist.bucket((time.perf_counter() - started) * 1000.0)
+        histogram = self.histograms.setdefault(kind, {})
+        histogram[key] = histogram.get(key, 0) + 1
+        self.answered += 1
+        seqs = [m.seq for m in frame.messages]
+        self.messages += len(seqs)
+        self.more += frame.more
+        if any(b <= a for a, b in itertools.pairwise(seqs)) or (before and seqs and seqs[-1] >= before):
+            self.unordered += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "sent": self.sent,
+            "answered": self.answered,
+            "messages": self.messages,
+            "more": self.more,
+            "errors": self.errors,
+            "unordered": self.unordered,
+            "histograms": self.histograms,
+        }
+
+
 class BenchClient:
     """One connection with its rooms; subclasses speak one system's protocol."""
 
@@ -158,6 +209,13 @@ class BenchClient:
         self.reopen_scheduled = False
         self.reconnect_log: list[object] = []
         """What happened to this connection since it opened, for a duplicate's report."""
+        self.defer_join = False
+        """True: authenticate only; the rooms are joined later, by `join_rooms` (with `last`)."""
+        self.replay_left: dict[str, int] | None = None
+        """After `join_rooms(last)`: per room, the replayed messages (joined.replayed) not yet received."""
+        self.join_sent_ms = 0.0
+        self.replayed = 0
+        self.replay_received = 0
 
     async def open(self, timeout: float = 60.0) -> None:
         """Connect, authenticate and join every room; raise when any step fails."""
@@ -257,6 +315,13 @@ class BenchClient:
     def publish(self, room: str, number: int = 0) -> None:
         raise NotImplementedError
 
+    def join_rooms(self, last: int) -> None:
+        """Join the rooms now with `last` (jetsock's history; the peer has none)."""
+        raise NotImplementedError
+
+    def history(self, room: str, before: int | None, limit: int, kind: str) -> None:
+        raise NotImplementedError
+
     def _joined_one(self) -> None:
         self.pending_joins -= 1
         if self.pending_joins == 0 and self.ready is not None and not self.ready.done():
@@ -271,6 +336,12 @@ class JetsockClient(BenchClient):
 
     system = "jetsock"
     path = "/ws"
+    page_ref = 0
+    pages_out: dict[int, tuple[float, str, int | None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pages_out = {}
 
     def request(self) -> bytes:
         return handshake(self.host, self.port, self.path, f"jetsock.v1, bearer.{self.token}")
@@ -288,10 +359,23 @@ class JetsockClient(BenchClient):
                 self.stats.delivered(frame.room, data.t, data.n, self)
             else:
                 self.stats.deliveries += 1
+            left = self.replay_left
+            if left is not None and left.get(frame.room, 0) > 0:
+                left[frame.room] -= 1
+                self.replay_received += 1
+                self._check_replayed()
+        elif kind == "history":
+            asked = self.pages_out.pop(frame.ref, None) if isinstance(frame.ref, int) else None
+            if asked is not None:
+                self.stats.pages.answer(asked[1], asked[0], frame, asked[2])
         elif kind == "ack":
             self.stats.acks += 1
         elif kind == "welcome":
             self.reconnect_log.append(["welcome", frame.node, dict(self.last_seq)])
+            if self.defer_join:
+                if self.ready is not None and not self.ready.done():
+                    self.ready.set_result(None)
+                return
             self.pending_joins = len(self.rooms)
             assert self.proto is not None
             for room in self.rooms:
@@ -304,9 +388,45 @@ class JetsockClient(BenchClient):
         elif kind == "joined":
             self.reconnect_log.append(["joined", frame.room, frame.seq, frame.recovered, self.last_n.get(frame.room)])
             self.last_seq.setdefault(frame.room, frame.seq)
+            if self.replay_left is not None:
+                self.replay_left[frame.room] = frame.replayed
+                self.replayed += frame.replayed
+                self._check_replayed()
             self._joined_one()
         elif kind == "error":
             self.stats.errors[frame.code] += 1
+            if isinstance(frame.ref, int) and self.pages_out.pop(frame.ref, None) is not None:
+                self.stats.pages.errors += 1
+
+    def join_rooms(self, last: int) -> None:
+        """Join every room now with `last`; `caught_up_at` gets the time all replays have arrived."""
+        if self.proto is None or self.proto.closed:
+            return
+        self.replay_left = {}
+        self.join_sent_ms = time.time() * 1000.0
+        self.pending_joins = len(self.rooms)
+        for room in self.rooms:
+            self.proto.send_text(_encode({"type": "join", "room": room, "last": last}))
+
+    def _check_replayed(self) -> None:
+        left = self.replay_left
+        if left is None or self.caught_up or len(left) < len(self.rooms) or any(left.values()):
+            return
+        self.caught_up = True
+        self.stats.caught_up_at.append(time.time())
+        self.stats.sample(self.join_sent_ms)
+
+    def history(self, room: str, before: int | None, limit: int, kind: str) -> None:
+        """Ask for a page; its latency is counted under `kind` when the reply with its ref comes."""
+        if self.proto is None or self.proto.closed:
+            return
+        self.page_ref += 1
+        frame: dict[str, object] = {"type": "history", "room": room, "limit": limit, "ref": self.page_ref}
+        if before is not None:
+            frame["before"] = before
+        self.pages_out[self.page_ref] = (time.perf_counter(), kind, before)
+        self.stats.pages.sent += 1
+        self.proto.send_text(_encode(frame))
 
     def publish(self, room: str, number: int = 0) -> None:
         if self.proto is not None:

@@ -57,12 +57,15 @@ class Run:
         total["duplicate_samples"] = [d for p in parts for d in p["duplicate_samples"]][:20]
         return total
 
-    async def open(self, shape: str, count: int, reconnect: bool = False, sample_every: int = 1) -> int:
+    async def open(
+        self, shape: str, count: int, reconnect: bool = False, sample_every: int = 1, defer_join: bool = False
+    ) -> int:
         """Open `count` clients of `shape`, split over the generators; the number that opened.
 
         With `sample_every` n, one client in n decodes its messages for latency and
         numbering; the others only count them, so that the load generator's own
-        decoding does not become the latency of a 5,000-member fan-out.
+        decoding does not become the latency of a 5,000-member fan-out. With `defer_join`,
+        clients authenticate only and join their rooms at the `join_rooms` command.
         """
         share = math.ceil(count / len(self.generators))
         calls = [
@@ -77,6 +80,7 @@ class Run:
                 count=max(0, min(share, count - i * share)),
                 reconnect=reconnect,
                 sample_every=sample_every,
+                defer_join=defer_join,
             )
             for i, g in enumerate(self.generators)
         ]

@@ -44,3 +44,17 @@ def summary(histogram: Mapping[int, int]) -> dict[str, float]:
     """p50/p99/p999 in ms under the report's fixed keys; empty when there were no samples."""
     values = {name: percentile(histogram, q) for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999))}
     return {name: value for name, value in values.items() if value is not None}
+
+
+def cdf(histogram: Mapping[int, int]) -> tuple[list[float], list[float]]:
+    """The cumulative fraction of samples at each bucket's upper edge (ms), for a plot."""
+    merged = merge([histogram])  # int keys, also for a histogram read back from JSON
+    count = sum(merged.values())
+    xs: list[float] = []
+    ys: list[float] = []
+    seen = 0
+    for key in sorted(merged):
+        seen += merged[key]
+        xs.append(math.exp((key + 0.5) / _SCALE))
+        ys.append(seen / count)
+    return xs, ys

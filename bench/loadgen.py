@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from bench.clients import CLIENTS, BenchClient, Stats
+from bench.clients import CLIENTS, BenchClient, PageStats, Stats
 from bench.shapes import rooms
 from core.auth import make_token
 
@@ -46,7 +46,10 @@ class LoadGenerator:
         cls = CLIENTS[cmd["system"]]
         sampled = index % cmd.get("sample_every", 1) == 0
         source = self.source(index)
-        return cls(self.stats, cmd["host"], cmd["port"], token, rooms(cmd["shape"], index), source, reconnect, sampled)
+        shape = rooms(cmd["shape"], index)
+        client = cls(self.stats, cmd["host"], cmd["port"], token, shape, source, reconnect, sampled)
+        client.defer_join = bool(cmd.get("defer_join", False))
+        return client
 
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)
@@ -114,6 +117,57 @@ class LoadGenerator:
         await asyncio.gather(*(loop() for _ in range(loops)))
         return {"cycles": cycles}
 
+    async def history_pages(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """`history` pages at `rate` per second for `duration` s, round robin over the clients.
+
+        A page's room is drawn by `tiers` (name, share of the pages, first room, room count);
+        half the pages read from the head, half from a `before` drawn
+        uniformly over the stream (1 to `last_seq`), which lands within the room: rooms'
+        messages are spread through it. Latency, request to reply, by kind
+        (`<tier>-head`, `<tier>-before`).
+        """
+        rate, duration, limit = float(cmd["rate"]), float(cmd["duration"]), int(cmd["limit"])
+        prefix, last_seq = cmd["prefix"], int(cmd["last_seq"])
+        tiers = cmd["tiers"]
+        rng = random.Random(cmd.get("seed", self.process))
+        clients = [c for c in self.clients if c.proto is not None and not c.proto.closed]
+        self.stats.pages = PageStats()
+        started = time.monotonic()
+        sent = 0
+        while clients and (elapsed := time.monotonic() - started) < duration:
+            for _ in range(int(rate * elapsed) + 1 - sent):
+                name, first, count = _draw(rng, tiers)
+                room = f"{prefix}{first + rng.randrange(count)}"
+                before = None if rng.random() < 0.5 else rng.randint(1, last_seq)
+                kind = f"{name}-{'head' if before is None else 'before'}"
+                clients[sent % len(clients)].history(room, before, limit, kind)
+                sent += 1
+            await asyncio.sleep(PUBLISH_TICK)
+        deadline = time.monotonic() + float(cmd.get("drain", 5.0))
+        while self.stats.pages.answered + self.stats.pages.errors < sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return {**self.stats.pages.snapshot(), "seconds": time.monotonic() - started}
+
+    def join_rooms(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Every client joins its rooms now with `last`: the join storm."""
+        self.stats.caught_up_at = []
+        self.stats.histogram = {}
+        for client in self.clients:
+            client.caught_up = False
+            client.join_rooms(int(cmd["last"]))
+        return {"joining": len(self.clients)}
+
+    def replays(self) -> dict[str, Any]:
+        """What the join storm's clients hold: joined.replayed announced, replayed messages received."""
+        joined = [c for c in self.clients if c.replay_left is not None and len(c.replay_left) >= len(c.rooms)]
+        return {
+            "clients": len(self.clients),
+            "joined": len(joined),
+            "held": len(self.stats.caught_up_at),
+            "replayed": sum(c.replayed for c in self.clients),
+            "received": sum(c.replay_received for c in self.clients),
+        }
+
     def expect(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self.stats.expected = {room: int(n) for room, n in cmd["rooms"].items()}
         self.stats.caught_up_at = []
@@ -147,6 +201,12 @@ class LoadGenerator:
                 return await self.publish_every(cmd)
             case "churn":
                 return await self.churn(cmd)
+            case "history_pages":
+                return await self.history_pages(cmd)
+            case "join_rooms":
+                return self.join_rooms(cmd)
+            case "replays":
+                return self.replays()
             case "expect":
                 return self.expect(cmd)
             case "reset":
@@ -157,6 +217,17 @@ class LoadGenerator:
             case "close":
                 return self.close()
         raise ValueError(f"unknown command {cmd['cmd']!r}")
+
+
+def _draw(rng: random.Random, tiers: list[list[Any]]) -> tuple[str, int, int]:
+    """One of `tiers` ([name, share, first room, room count]), by share."""
+    pick = rng.random() * sum(t[1] for t in tiers)
+    for name, share, first, count in tiers:
+        if pick < share:
+            return name, first, count
+        pick -= share
+    name, _share, first, count = tiers[-1]
+    return name, first, count
 
 
 async def serve(process: int) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import matplotlib
 
+from bench import hist
+from bench.history_scenario import TARGET_P99_MS, TARGET_STORM_S
 from bench.scenarios import rate_p99_stays_over
 
 matplotlib.use("Agg")
@@ -16,7 +18,7 @@ import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyp
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn"]
+SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn", "history"]
 SYSTEM_ORDER = ["jetsock", "python-socketio"]
 EVEN_BAND = 1.05
 """Ratios within 5% either way are reported as even: closer than a shared machine can tell apart."""
@@ -218,6 +220,51 @@ def plots(results: dict[str, dict[str, dict[str, Any]]], directory: Path) -> lis
             curves,
         )
     )
+    made += history_plots(results.get("history", {}).get("jetsock"), directory)
+    return [m for m in made if m]
+
+
+def history_plots(result: dict[str, Any] | None, directory: Path) -> list[str]:
+    """The page latency CDF, by kind and in all, and the join storm's clients holding their messages."""
+    if not result:
+        return []
+    made = []
+    pages = result.get("pages", {})
+    kinds = dict(pages.get("page_histograms_by_kind", {}))
+    if pages.get("page_histogram"):
+        directory.mkdir(exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+        series = [("all pages", pages["page_histogram"], "-", 2.0)]
+        series += [(kind, histogram, ":", 1.0) for kind, histogram in sorted(kinds.items())]
+        for label, histogram, style, width in series:
+            xs, ys = hist.cdf(histogram)
+            ax.plot(xs, ys, style, linewidth=width, label=label, drawstyle="steps-post")
+        ax.axvline(TARGET_P99_MS, color="grey", linewidth=0.8)
+        ax.axhline(0.99, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"history: page latency at {pages.get('pages_per_s', 0):,.0f} pages/s (target: p99 ≤ 20 ms)")
+        ax.set_xlabel("request to reply, ms (client side)")
+        ax.set_ylabel("fraction of pages")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(directory / "history-page-latency.png")
+        plt.close(fig)
+        made.append("plots/history-page-latency.png")
+    curve = sorted(result.get("storm", {}).get("curve", []))
+    if curve:
+        joiners = result["storm"]["joiners"]
+        made.append(
+            _plot(
+                directory,
+                "history-join-storm",
+                f"history: {joiners:,} joins with last: 50 at once, clients holding their 50",
+                "seconds after the joins",
+                "clients",
+                {"jetsock": (curve, [float(i) for i in range(1, len(curve) + 1)])},
+            )
+            or ""
+        )
     return [m for m in made if m]
 
 
@@ -250,7 +297,7 @@ def idle_sizes(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 
 def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Issue 6's targets for jetsock on this box, each with what this run measured."""
+    """Issue 6's targets for jetsock on this box (and issue 14's, once measured), each with what this run measured."""
     idle_points = results.get("idle", {}).get("jetsock", {}).get("points", [])
     rss = idle_points[-1]["rss_kb_per_conn"] if idle_points else None
     slope = marginal_rss(idle_points)
@@ -274,6 +321,22 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         ("storm: messages lost", "0", _get(results, "storm", "lost"), _get(results, "storm", "lost") == 0),
         ("concurrent connections, two workers", "≥ 38,000", held, (held or 0) >= 38_000),
     ]
+    if "jetsock" in results.get("history", {}):
+        p99, storm_s = _get(results, "history", "p99_ms"), _get(results, "history", "storm_s")
+        rows += [
+            (
+                "history page of 50, p99 at 200 pages/s (issue 14)",
+                f"≤ {TARGET_P99_MS:g} ms",
+                p99,
+                (p99 or 1e9) <= TARGET_P99_MS,
+            ),
+            (
+                "join storm with last: 50, all hold theirs (issue 14)",
+                f"≤ {TARGET_STORM_S:g} s",
+                storm_s,
+                (storm_s or 1e9) <= TARGET_STORM_S,
+            ),
+        ]
     lines = ["## Targets (jetsock)", "", "| target | goal | measured | met |", "| --- | --- | ---: | --- |"]
     for name, goal, value, met in rows:
         verdict = "not measured" if value is None else "yes" if met else "**no**"
@@ -343,6 +406,119 @@ def profiles(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _met(met: bool, value: Any) -> str:
+    return "not measured" if value is None else "yes" if met else "**no**"
+
+
+def history_section(result: dict[str, Any]) -> list[str]:
+    """Issue 14's scenario: its figures beside its targets, the cost by kind of page, and a profile."""
+    load = result.get("load", {})
+    pages = result.get("pages", {})
+    storm = result.get("storm", {})
+    counted = pages.get("counted", {})
+    lines = [
+        "python-socketio keeps no messages, so it has no history to page or to replay on a join: jetsock only.",
+        "",
+    ]
+    if load:
+        lines += [
+            f"The stream: {load['messages']:,} messages of {load['message_bytes']} bytes over {load['rooms']:,} rooms"
+            f" ({load['small_rooms']:,} of {load['small_room_messages']}, {load['big_rooms']:,} of"
+            f" {load['big_room_messages']}; spread through the stream), loaded in {load['seconds']:.1f} s:"
+            f" **{load['msg_per_s']:,} msg/s** (nats-py async publishes, {load['window']:,} per window, two windows"
+            " in flight).",
+            "",
+        ]
+    p99, storm_s = result.get("p99_ms"), result.get("storm_s")
+    replay = storm.get("join_to_held", {})
+    rows: list[tuple[str, Any, str, str]] = [
+        ("pages of 50 answered per second", pages.get("pages_per_s"), "200 asked (paced)", ""),
+        ("clients asking", pages.get("readers"), "", ""),
+        ("page latency p50, ms", result.get("p50_ms"), "", ""),
+        ("page latency p99, ms", p99, f"≤ {TARGET_P99_MS:g}", _met((p99 or 1e9) <= TARGET_P99_MS, p99)),
+        ("page latency p99.9, ms", result.get("p999_ms"), "", ""),
+        ("messages per page", pages.get("messages_per_page"), "", ""),
+        ("edge CPU per page, µs", pages.get("edge_cpu_us_per_page"), "", ""),
+        ("nats-server CPU per page, µs", pages.get("nats_cpu_us_per_page"), "", ""),
+        ("JetStream requests per page (nats-server /varz `in_msgs`)", pages.get("js_requests_per_page"), "", ""),
+        ("the same mix counted in-process (core.history)", counted.get("requests_per_page"), "", ""),
+        (
+            "pages asked but unanswered (open loop, late ones waited for)",
+            pages.get("pages_unanswered") or None,
+            "0",
+            "",
+        ),
+        (
+            f"join storm: {storm.get('joiners', 0):,} clients join with last: 50, all hold their 50, s",
+            storm_s if storm_s is not None or "timeout_s" not in storm else _timed_out(storm),
+            f"≤ {TARGET_STORM_S:g}",
+            _met((storm_s or 1e9) <= TARGET_STORM_S, storm_s),
+        ),
+        ("join storm: join to holding the 50, p50 / p99, ms", _pair(replay), "", ""),
+        ("join storm: edge CPU, s (cores busy)", _busy(storm, "edge"), "", ""),
+        ("join storm: nats-server CPU, s (cores busy)", _busy(storm, "nats"), "", ""),
+        (
+            "join storm: messages short of 50, duplicates",
+            _pair_of(result.get("lost"), storm.get("duplicates")),
+            "0, 0",
+            _met(result.get("lost") == 0 and storm.get("duplicates") == 0, result.get("lost")),
+        ),
+    ]
+    lines += ["| figure | jetsock | target (issue 14) | met |", "| --- | ---: | --- | --- |"]
+    lines += [f"| {name} | {_fmt(value)} | {goal} | {met} |" for name, value, goal, met in rows if value is not None]
+    lines.append("")
+    if method := pages.get("js_requests_method"):
+        lines += [f"JetStream requests per page: {method}.", ""]
+    latency = pages.get("page_latency_by_kind", {})
+    by_kind = counted.get("by_kind", {})
+    if latency:
+        lines += [
+            "By kind of page (`big`: rooms of the big tier, found by interpolation search; `small`: one read;"
+            " `head`: no `before`; `before`: drawn over the stream). Requests counted in-process,"
+            " one direct get each: the head, the counts, the search steps, the forward read.",
+            "",
+            "| kind | pages | p50, ms | p99, ms | requests per page, mean | max | count probes, mean |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for kind, figures in latency.items():
+            cost = by_kind.get(kind, {})
+            cells = [figures.get("pages"), figures.get("p50_ms"), figures.get("p99_ms")]
+            cells += [cost.get("mean"), cost.get("max"), cost.get("probes_mean")]
+            lines.append(f"| {kind} | " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
+    edge_profile = pages.get("profile")
+    if edge_profile and edge_profile.get("samples"):
+        lines += [
+            f"Where one worker's time goes while serving pages (py-spy, {edge_profile['samples']} samples, self time):",
+            "",
+            "| function | share |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| `{name}` | {share:.1%} |" for name, share in edge_profile["self"][:10]]
+        lines.append("")
+    return lines
+
+
+def _timed_out(storm: dict[str, Any]) -> str:
+    return f"> {_fmt(storm['timeout_s'])} ({_fmt(storm.get('held'))} of {_fmt(storm.get('joiners'))})"
+
+
+def _pair(summary: dict[str, Any]) -> str | None:
+    if "p50_ms" not in summary:
+        return None
+    return f"{_fmt(summary['p50_ms'])} / {_fmt(summary.get('p99_ms'))}"
+
+
+def _pair_of(first: Any, second: Any) -> str | None:
+    return None if first is None else f"{_fmt(first)}, {_fmt(second)}"
+
+
+def _busy(storm: dict[str, Any], who: str) -> str | None:
+    if f"{who}_cpu_s" not in storm:
+        return None
+    return f"{_fmt(storm[f'{who}_cpu_s'])} ({_fmt(storm[f'{who}_cpu_busy'])})"
+
+
 def write_report(directory: Path = RESULTS) -> Path:
     """REPORT.md and plots/ beside `directory` (bench/ for the committed results)."""
     results = load(directory)
@@ -356,13 +532,23 @@ def write_report(directory: Path = RESULTS) -> Path:
         "",
     ]
     machine = next((r["machine"] for systems in results.values() for r in systems.values()), None)
-    quick = any(r["machine"].get("scale") == "quick" for systems in results.values() for r in systems.values())
-    if quick:
+    quick = [
+        scenario
+        for scenario in SCENARIO_ORDER
+        if any(r["machine"].get("scale") == "quick" for r in results.get(scenario, {}).values())
+    ]
+    if quick and len(quick) == len([s for s in SCENARIO_ORDER if s in results]):
         lines += ["**These results come from `make bench-quick` (small scale): smoke figures, not the benchmark.**", ""]
+    elif quick:
+        names = ", ".join(quick)
+        lines += [f"**{names}: from `make bench-quick` (small scale), smoke figures, not the benchmark.**", ""]
     if machine:
         lines += ["## Machine", "", "```json", json.dumps(machine, indent=1), "```", ""]
     for scenario in SCENARIO_ORDER:
-        if scenario in results:
+        if scenario == "history":
+            if "jetsock" in results.get(scenario, {}):
+                lines += ["## history", "", *history_section(results[scenario]["jetsock"])]
+        elif scenario in results:
             lines += [f"## {scenario}", "", *table(scenario, results[scenario]), ""]
             if scenario == "idle":
                 lines += idle_sizes(results)

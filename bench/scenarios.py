@@ -1,4 +1,5 @@
-"""The five scenarios of issue 6, each run the same way against every system.
+"""The five scenarios of issue 6, each run the same way against every system, and issue 14's
+`history` (bench/history_scenario.py), jetsock only.
 
 Every figure is a ratio taken in one run: CPU seconds of the serving processes
 (from /proc) over deliveries the clients counted, RSS over connections, and
@@ -18,6 +19,7 @@ from typing import Any
 
 from bench import floor, hist, profile
 from bench.conductor import Run, progress, running
+from bench.history_scenario import history
 from bench.shapes import all_rooms
 from bench.systems import HOST, SECRET
 
@@ -41,6 +43,16 @@ class Scale:
     storm_timeout: float = 60.0
     churn_seconds: float = 30.0
     churn_concurrency: int = 100
+    history_rooms: int = 10_000
+    history_messages: int = 1_000_000
+    history_window: int = 4_000
+    history_readers: int = 50
+    history_rate: float = 200.0
+    history_seconds: float = 30.0
+    history_counted_pages: int = 200
+    history_profile_seconds: float = 8.0
+    history_joiners: int = 5_000
+    history_timeout: float = 60.0
 
 
 FULL = Scale()
@@ -58,6 +70,13 @@ QUICK = Scale(
     storm_timeout=8.0,
     churn_seconds=3.0,
     churn_concurrency=10,
+    history_rooms=500,
+    history_messages=50_000,
+    history_seconds=4.0,
+    history_counted_pages=100,
+    history_profile_seconds=3.0,
+    history_joiners=500,
+    history_timeout=20.0,
 )
 
 
@@ -327,4 +346,6 @@ async def churn(system: str, scale: Scale) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"idle": idle, "fanout": fanout, "chat": chat, "storm": storm, "churn": churn}
+SCENARIOS = {"idle": idle, "fanout": fanout, "chat": chat, "storm": storm, "churn": churn, "history": history}
+JETSOCK_ONLY = {"history"}
+"""Scenarios of features the peer does not have: run against jetsock's systems only."""

@@ -21,6 +21,8 @@ SHAPES: dict[str, Callable[[int], list[str]]] = {
     "chat": lambda i: [f"chat.{i // CHAT_ROOM_SIZE}"],
     "storm": lambda i: [f"storm.{i // STORM_ROOM_SIZE}"],
     "churn": lambda i: [f"churn.{i % CHURN_ROOMS}"],
+    "history": lambda i: [f"history.{i}"],
+    "none": lambda i: [],
 }
 
 

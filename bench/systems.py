@@ -94,7 +94,9 @@ class Jetsock(System):
 
     def __init__(self, workdir: Path, workers: int) -> None:
         super().__init__(workdir, workers)
-        self.nats = EmbeddedNats(workdir / "nats")
+        # With its monitoring endpoint: the history scenario counts the edge's requests in /varz.
+        self.monitor_port = free_port()
+        self.nats = EmbeddedNats(workdir / "nats", extra_args=["-m", str(self.monitor_port)])
         self.supervisor: subprocess.Popen[bytes] | None = None
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
@@ -132,6 +134,13 @@ class Jetsock(System):
     def infra_pids(self) -> list[int]:
         assert self.nats.process is not None
         return [self.nats.process.pid]
+
+    async def varz(self) -> dict[str, Any]:
+        """nats-server's /varz: `in_msgs` counts the messages clients sent it (requests included)."""
+        url = f"http://{HOST}:{self.monitor_port}/varz"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            data: dict[str, Any] = await response.json()
+            return data
 
     async def publish(self, room: str, data: dict[str, Any]) -> None:
         assert self.js is not None

@@ -3,7 +3,8 @@
 `make bench` is too long for CI, so these tests keep it from rotting: the lean
 WebSocket client against a real aiohttp server, and `python -m bench --quick`
 for the storm scenario against both real systems (jetsock on nats-server,
-python-socketio on redis-server), its result files and its report.
+python-socketio on redis-server), its result files and its report, and for the
+history scenario (jetsock only).
 """
 
 from __future__ import annotations
@@ -102,3 +103,36 @@ def test_quick_storm_against_both_systems_writes_fixed_keys_and_a_report(tmp_pat
     report = (tmp_path / "REPORT.md").read_text()
     assert "## storm" in report and "make bench-quick" in report
     assert (tmp_path / "plots" / "storm-caught-up.png").stat().st_size > 1000
+
+
+def test_quick_history_pages_and_join_storm_on_jetsock_only(tmp_path: Path) -> None:
+    """Issue 14's scenario, small: a loaded stream, paced pages, a storm of joins with `last`."""
+    results = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "history", "--results", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "load rate" in run.stderr and "python-socketio has no history" in run.stderr
+    assert not (results / "history-python-socketio.json").exists()
+    figures = json.loads((results / "history-jetsock.json").read_text())
+    assert set(figures) <= set(FIXED_KEYS)
+    assert {"scenario", "system", "connections", "p50_ms", "p99_ms", "catchup_s", "lost"} <= set(figures)
+    assert figures["connections"] == 500 and figures["lost"] == 0
+    details = json.loads((results / "details" / "history-jetsock.json").read_text())
+    pages = details["pages"]
+    assert pages["pages"] > 0 and pages["page_errors"] == 0 and pages["pages_unordered"] == 0
+    # Every page is a few direct gets, whichever way they are counted.
+    assert 3 <= pages["js_requests_per_page"] <= 10
+    assert 3 <= pages["counted"]["requests_per_page"] <= 10
+    counted = pages["counted"]
+    assert abs(counted["server_counted_per_page"] - counted["requests_per_page"]) <= 0.05
+    storm = details["storm"]
+    assert storm["held"] == storm["joiners"] == 500 and storm["received"] == 500 * 50
+    assert storm["duplicates"] == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "## history" in report and "python-socketio keeps no messages" in report
+    assert (tmp_path / "plots" / "history-page-latency.png").stat().st_size > 1000
