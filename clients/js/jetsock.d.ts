@@ -209,7 +209,11 @@ export interface ResetInfo {
   /** "not_recovered": a resume with `since` could not replay; "reset": the stream was recreated. */
   reason: "not_recovered" | "reset";
   room: string;
-  /** Delivery goes on after this seq; reload app state from your backend. */
+  /**
+   * Delivery goes on after this seq; reload app state from your backend (or from
+   * history()). A not_recovered join with `last` is followed first by the room's newest
+   * stored messages (`room.replayed` of them, seq <= this seq), then by live ones.
+   */
   seq: number;
   epoch: string;
 }
@@ -220,6 +224,11 @@ export interface JoinedInfo {
   seq: number;
   /** A resume with `since` replays everything missed (false: see the "reset" event). */
   recovered: boolean;
+  /**
+   * How many stored messages follow before live ones: the replay of a recovered resume,
+   * or the room's newest `last` messages (join option `last`). 0 from a server before 1.1.
+   */
+  replayed: number;
 }
 
 export interface LeftInfo {
@@ -258,6 +267,33 @@ export interface JoinOptions<T = JSONValue> {
   since?: number;
   /** Epoch under which `since` was received. */
   epoch?: string;
+  /**
+   * Integer >= 1 (the server's bound: max_history_page, default 100). A join without a
+   * position, and a resume that fails, deliver the room's newest `last` stored messages
+   * first (after the "reset" of a failed resume), then live ones. Sent with every rejoin.
+   */
+  last?: number;
+}
+
+export interface HistoryOptions {
+  /** Only messages with seq < before (an integer >= 1); default: from the head. Page back with the smallest seq you have. */
+  before?: number;
+  /** How many, at most (1 to the server's max_history_page, default 100); the server's default is 50. */
+  limit?: number;
+  /** Reject with "timeout" after this many ms; default RULES.defaults.requestTimeoutMs (10000); 0: none. */
+  timeoutMs?: number;
+  /** Reject with "aborted" when it aborts (at once if it already has). */
+  signal?: AbortSignalLike;
+}
+
+/** A page of a room's stored messages (the `history` reply). */
+export interface HistoryPage<T = JSONValue> {
+  /** In increasing seq: the newest `limit` before `before` (a page of at most 256 KiB may hold fewer). */
+  messages: Message<T>[];
+  /** Older stored messages exist: ask again with `before` = messages[0].seq. */
+  more: boolean;
+  /** The stream's epoch the seqs belong to. */
+  epoch: string;
 }
 
 export interface ReadyOptions {
@@ -293,7 +329,7 @@ export declare class JetsockError extends Error {
    * gives its reason ("forbidden"; "left" when it has none).
    */
   readonly code: ErrorCode;
-  /** The room of a refused join or publish, a server `left`, a room's ready(). */
+  /** The room of a refused join, publish or history request, a server `left`, a room's ready(). */
   readonly room?: string;
   /** The id of a refused publish. */
   readonly id?: string;
@@ -320,6 +356,8 @@ export declare class Room<T = JSONValue> {
   readonly epoch: string | null;
   /** The last joined's `recovered`; null before the first. */
   readonly recovered: boolean | null;
+  /** The last joined's `replayed` (see JoinedInfo); null before the first. */
+  readonly replayed: number | null;
   /** Why the room left, unless by leave(). */
   readonly error: JetsockError | null;
   /**
@@ -351,6 +389,8 @@ export declare class Room<T = JSONValue> {
   ready(opts?: ReadyOptions): Promise<JoinedInfo>;
   /** Publish to this room (joining is not required); queued while disconnected and resent with the same id. */
   publish(data: JSONCompatible<T>, opts?: PublishOptions): Promise<PublishResult>;
+  /** client.history(room.name, opts): a page of this room's stored messages (joining is not required). */
+  history(opts?: HistoryOptions): Promise<HistoryPage<T>>;
   /** Leave for good. Resolves when the server's `left` arrives (at once when not connected; after RULES.defaults.requestTimeoutMs anyway). */
   leave(): Promise<void>;
 }
@@ -398,6 +438,13 @@ export declare class Jetsock {
    * "timeout" or "aborted"; with a TypeError for data JSON cannot carry.
    */
   publish<D>(room: string, data: D & JSONCompatible<D>, opts?: PublishOptions): Promise<PublishResult>;
+  /**
+   * A page of `room`'s stored messages; needs join rights, not membership. Waits for a
+   * connection, is sent again after a reconnect and after "rate_limited" / "unavailable".
+   * Rejects (room set) with a server code ("forbidden", "bad_request", ...), "invalid_room",
+   * "closed" / "logged_out", "timeout" or "aborted".
+   */
+  history<T = JSONValue>(room: string, opts?: HistoryOptions): Promise<HistoryPage<T>>;
 }
 
 export interface BackoffOptions {

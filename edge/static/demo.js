@@ -1,6 +1,8 @@
 // The demo chat: only /jetsock.js, no build step. It shows the connection state
 // the way an app should ("Reconnecting in 4 s…"), and every message's seq so
 // that a resume after a reconnect can be checked by eye: nothing lost, nothing twice.
+// A room opens with its newest 50 messages (join option `last`); "Load older" pages
+// back through the room's history, 50 at a time, until its beginning.
 import { Jetsock } from "/jetsock.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +12,8 @@ let client = null;
 let room = null;
 let countdown = null;
 let me = "";
+let era = 0; // bumped when the list is cleared: a history page asked for before is dropped
+const PAGE = 50;
 
 function showState(name, info = {}) {
   clearInterval(countdown);
@@ -32,7 +36,7 @@ function showState(name, info = {}) {
   }
 }
 
-function addMessage(msg) {
+function render(msg) {
   const li = document.createElement("li");
   li.dataset.seq = String(msg.seq);
   if (msg.from === me) li.classList.add("mine");
@@ -48,10 +52,52 @@ function addMessage(msg) {
     span.textContent = value;
     li.append(span);
   }
+  return li;
+}
+
+function addMessage(msg) {
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 8;
-  list.append(li);
+  list.append(render(msg));
   if (atBottom) list.scrollTop = list.scrollHeight;
-  $("position").textContent = `#${room.seq} · epoch ${room.epoch ?? "?"}`;
+  $("position").textContent = `#${room.seq ?? "?"} · epoch ${room.epoch ?? "?"}`;
+}
+
+// "Load older": the page before the oldest message shown, prepended without moving the view.
+function showOlder(label = "Load older", done = false) {
+  const button = $("older");
+  button.textContent = label;
+  button.disabled = done;
+  button.dataset.state = done ? "beginning" : "more";
+}
+
+async function loadOlder() {
+  const oldest = list.querySelector("li[data-seq]");
+  // Nothing shown yet: everything up to the position (the room's head at the join).
+  const before = oldest ? Number(oldest.dataset.seq) : (room.seq ?? 0) + 1;
+  const asked = era;
+  const button = $("older");
+  button.disabled = true;
+  try {
+    const { messages, more } = await room.history({ before, limit: PAGE });
+    if (asked != era) return; // the list was cleared meanwhile
+    const height = list.scrollHeight;
+    const first = list.firstElementChild;
+    for (const msg of messages) list.insertBefore(render(msg), first);
+    list.scrollTop += list.scrollHeight - height;
+    showOlder(more ? "Load older" : "Beginning of the room", !more);
+  } catch (err) {
+    if (asked == era) showOlder();
+    notice(`⚠ cannot load older messages: ${err.code ?? err.message ?? err}`);
+  }
+}
+
+// Continuity lost: what is shown may have gaps, so start over; with `last` the newest
+// messages follow at once, and "Load older" pages back from them.
+function onReset(info) {
+  era++;
+  list.replaceChildren();
+  showOlder();
+  notice(`History reset (${info.reason}); showing the newest messages from #${info.seq} on`);
 }
 
 // The room's own lifecycle, beside the connection's: "joining…" while the join (or a rejoin
@@ -95,15 +141,14 @@ $("join").addEventListener("submit", async (event) => {
     }
   }
   client?.close();
+  era++;
   list.replaceChildren();
+  showOlder();
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
   client = new Jetsock(url, { token, persist: true });
   client.on("state", showState);
   client.on("error", (err) => notice(`⚠ ${err.message ?? err}`));
-  room = client.join(roomName, {
-    onMessage: addMessage,
-    onReset: (info) => notice(`History reset (${info.reason}); going on from #${info.seq}`),
-  });
+  room = client.join(roomName, { last: PAGE, onMessage: addMessage, onReset });
   showRoom(room.state);
   room.on("state", showRoom);
   room.ready().catch((err) => notice(`⚠ cannot join ${roomName}: ${err.code}`));
@@ -112,6 +157,8 @@ $("join").addEventListener("submit", async (event) => {
   $("text").focus();
   window.jetsockDemo = { client, room };
 });
+
+$("older").addEventListener("click", loadOlder);
 
 $("send").addEventListener("submit", async (event) => {
   event.preventDefault();

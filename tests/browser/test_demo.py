@@ -226,3 +226,80 @@ async def test_the_demo_shows_the_room_lifecycle_joining_joined_recovered_and_fo
     await other.wait_for_selector('#room-state[data-state="left"]', timeout=15000)
     assert await other.text_content("#room-state") == "left: forbidden"
     await other.wait_for_selector("#messages li.notice:has-text('cannot join secret.room: forbidden')")
+
+
+async def test_the_demo_opens_with_the_newest_50_pages_back_to_the_beginning_and_survives_a_crash(
+    context: BrowserContext, edge_process: Any, nats_for_browser: EmbeddedNats
+) -> None:
+    edge = await edge_process()  # it made the stream: publish to it straight through NATS
+    nc = await nats.connect(nats_for_browser.url)
+    js = nc.jetstream()
+    try:
+        first = [(await js.publish("rooms.hist.room", b'{"text": "m%d"}' % i)).seq for i in range(160)]
+        page = await open_demo(context, edge, "reader", room="hist.room")
+
+        async def shown(n: int) -> bool:
+            return len(await seqs_on(page)) >= n
+
+        await wait_for(lambda: shown(50))
+        await asyncio.sleep(0.3)  # and no more than those
+        assert await seqs_on(page) == first[-50:]
+        older = page.locator("#older")
+        assert (await older.text_content(), await older.is_enabled()) == ("Load older", True)
+        for want in (100, 150):
+            await older.click()
+            await wait_for(lambda want=want: shown(want))
+            assert await seqs_on(page) == first[-want:]
+            assert await older.text_content() == "Load older"
+        await older.click()
+        await wait_for(lambda: shown(160))
+        await page.wait_for_selector('#older[data-state="beginning"]', timeout=5000)
+        assert await seqs_on(page) == first
+        assert (await older.text_content(), await older.is_disabled()) == ("Beginning of the room", True)
+
+        # A crash, messages while no edge runs, a restart, more messages: every stored one, once, in order.
+        edge.kill(signal.SIGKILL)
+        await page.wait_for_selector('#room-state[data-state="joining"]', timeout=15000)
+        during = [(await js.publish("rooms.hist.room", b'{"text": "d%d"}' % i)).seq for i in range(10)]
+        await edge.start()
+        await page.wait_for_selector('#room-state[data-state="joined"]', timeout=30000)
+        after = [(await js.publish("rooms.hist.room", b'{"text": "a%d"}' % i)).seq for i in range(10)]
+        stored = await stored_seqs(nats_for_browser.url, "hist.room")
+        assert stored == first + during + after
+        await wait_for(lambda: shown(len(stored)), timeout=30)
+        await asyncio.sleep(0.3)
+        assert await seqs_on(page) == stored
+        assert await page.text_content("#room-state") == "joined (recovered)"
+    finally:
+        await nc.close()
+
+
+async def test_a_resume_that_fails_starts_the_demo_over_with_the_newest_50(
+    context: BrowserContext, edge_process: Any, nats_for_browser: EmbeddedNats
+) -> None:
+    edge = await edge_process(max_replay="20")  # more missed than that is not recovered
+    nc = await nats.connect(nats_for_browser.url)
+    js = nc.jetstream()
+    try:
+        first = [(await js.publish("rooms.gap.room", b'{"text": "m%d"}' % i)).seq for i in range(60)]
+        page = await open_demo(context, edge, "gapped", room="gap.room")
+
+        async def shown(seqs: list[int]) -> bool:
+            return await seqs_on(page) == seqs
+
+        await wait_for(lambda: shown(first[-50:]))
+        edge.kill(signal.SIGKILL)
+        await page.wait_for_selector('#room-state[data-state="joining"]', timeout=15000)
+        missed = [(await js.publish("rooms.gap.room", b'{"text": "d%d"}' % i)).seq for i in range(30)]
+        await edge.start()
+        stored = first + missed
+        # The list starts over: the reset's notice, then the room's newest 50.
+        await wait_for(lambda: shown(stored[-50:]), timeout=30)
+        notices = await page.eval_on_selector_all("#messages li.notice", "els => els.map(e => e.textContent)")
+        assert notices == [f"History reset (not_recovered); showing the newest messages from #{stored[-1]} on"]
+        assert await page.text_content("#room-state") == "joined"
+        await page.click("#older")
+        await wait_for(lambda: shown(stored))
+        await page.wait_for_selector('#older[data-state="beginning"]', timeout=5000)
+    finally:
+        await nc.close()

@@ -40,6 +40,7 @@ function join(step) {
   const opts = {};
   if (step.since != null) opts.since = step.since;
   if (step.epoch != null) opts.epoch = step.epoch;
+  if (step.last != null) opts.last = step.last;
   const room = client.join(step.room, opts);
   rooms.set(step.room, room);
   room.on("state", (state, info) => {

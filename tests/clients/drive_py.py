@@ -52,7 +52,7 @@ async def play(url: str, program: dict[str, Any]) -> list[Event]:
     pending: list[asyncio.Task[None]] = []
 
     def join(step: dict[str, Any]) -> None:
-        room = client.join(step["room"], since=step.get("since"), epoch=step.get("epoch"))
+        room = client.join(step["room"], since=step.get("since"), epoch=step.get("epoch"), last=step.get("last"))
         rooms[step["room"]] = room
 
         def on_room_state(state: str, info: Any) -> None:

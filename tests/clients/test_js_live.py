@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LIVE = sorted((ROOT / "tests/js/live").glob("*.live.mjs"))
 MAX_ROOMS = 4
 """The edge's max_rooms_per_connection, small so that too_many_rooms is quick to reach."""
+MAX_REPLAY = 20
+"""The edge's max_replay, small so that a resume that fails (more missed than that) is quick to cause."""
 
 
 @pytest.mark.timeout(180)
@@ -32,13 +34,14 @@ async def test_js_client_against_a_real_edge(make_edge: Any) -> None:
     dev_deps = ROOT / "clients/js/node_modules/ws"
     assert dev_deps.is_dir(), "the JS dev dependencies are missing: cd clients/js && npm ci"
     assert LIVE, "no tests/js/live/*.live.mjs"
-    edge = await make_edge(max_rooms_per_connection=MAX_ROOMS)
+    edge = await make_edge(max_rooms_per_connection=MAX_ROOMS, max_replay=MAX_REPLAY)
     env = {
         **os.environ,
         "JETSOCK_TEST_URL": edge.url,
         "JETSOCK_TEST_HTTP": edge.http,
         "JETSOCK_TEST_SECRET": SECRET,
         "JETSOCK_TEST_MAX_ROOMS": str(MAX_ROOMS),
+        "JETSOCK_TEST_MAX_REPLAY": str(MAX_REPLAY),
         "NO_COLOR": "1",
     }
     # The files by name: node 20 finds nothing under a directory whose files do not

@@ -173,6 +173,51 @@ async def disconnect_and_resume(conn: Conn, n: int) -> None:
     await conn.idle()
 
 
+async def joined_replaying(conn: Conn, join: dict[str, Any], *, seq: int, replayed: int, epoch: str = "e1") -> None:
+    """`joined` with `recovered: false` and `replayed` (a 1.1 server), then the newest `replayed` messages."""
+    await conn.send(
+        {
+            "type": "joined",
+            "room": join["room"],
+            "epoch": epoch,
+            "seq": seq,
+            "recovered": False,
+            "replayed": replayed,
+            "ref": join["ref"],
+        }
+    )
+    for replay_seq in range(seq - replayed + 1, seq + 1):
+        await conn.msg(ROOM, replay_seq)
+
+
+async def not_recovered_with_last(conn: Conn, n: int) -> None:
+    await conn.welcome()
+    await joined_replaying(conn, await conn.expect("join"), seq=20, replayed=3)
+    await conn.msg(ROOM, 21)
+    await conn.idle()
+
+
+async def rejoin_not_recovered_with_last(conn: Conn, n: int) -> None:
+    """The first join gets the newest 2 and the connection drops; the rejoin's `since` is not recoverable."""
+    await conn.welcome()
+    join = await conn.expect("join")
+    if n == 0:
+        await joined_replaying(conn, join, seq=4, replayed=2)
+        await conn.drop()
+        return
+    await joined_replaying(conn, join, seq=30, replayed=2)
+    await conn.msg(ROOM, 31)
+    await conn.idle()
+
+
+def _joins_with_last(record: Record) -> None:
+    joins = [{k: v for k, v in j.items() if k != "ref"} for j in record.sent("join")]
+    assert joins == [
+        {"type": "join", "room": ROOM, "last": 2},
+        {"type": "join", "room": ROOM, "since": 4, "epoch": "e1", "last": 2},
+    ], "last goes with the first join and with the rejoin, beside since"
+
+
 # --- expectations derived from schemas/clientrules.py ---------------------------------
 
 
@@ -357,6 +402,40 @@ def scenarios() -> list[Scenario]:
                 ["reset", ROOM, "not_recovered", 20],
                 ["message", ROOM, 21],
             ],
+        ),
+        Scenario(
+            "not-recovered-with-last",
+            not_recovered_with_last,
+            {"token": ["t1"], "steps": [join_step(since=5, epoch="e0", last=3), until(["message", ROOM, 21])]},
+            client=CONNECTED,
+            # PROTOCOL.md 9.12: the reset first, then the newest `last` (seq <= joined.seq), then live.
+            room=[
+                ["room", ROOM, "joined", {"recovered": False, "seq": 20}],
+                ["reset", ROOM, "not_recovered", 20],
+                ["message", ROOM, 18],
+                ["message", ROOM, 19],
+                ["message", ROOM, 20],
+                ["message", ROOM, 21],
+            ],
+            server=lambda record: _count(record, "join", 1),
+        ),
+        Scenario(
+            "rejoin-not-recovered-with-last",
+            rejoin_not_recovered_with_last,
+            {"token": ["t1", "t2"], "steps": [join_step(last=2), until(["message", ROOM, 31])]},
+            client=[*CONNECTED, reconnecting(1006), ["state", "connecting"], ["token", 2], ["state", "connected"]],
+            room=[
+                ["room", ROOM, "joined", {"recovered": False, "seq": 4}],
+                ["message", ROOM, 3],
+                ["message", ROOM, 4],
+                ["room", ROOM, "joining"],
+                ["room", ROOM, "joined", {"recovered": False, "seq": 30}],
+                ["reset", ROOM, "not_recovered", 30],
+                ["message", ROOM, 29],
+                ["message", ROOM, 30],
+                ["message", ROOM, 31],
+            ],
+            server=_joins_with_last,
         ),
         Scenario(
             "recovered",

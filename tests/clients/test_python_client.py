@@ -951,3 +951,150 @@ async def test_a_join_after_a_leave_waits_for_the_left(edge: Edge, backend: Any)
             assert (message.seq, info.recovered) == (seq, False)
             await again.leave()
             assert [m async for m in first] == []
+
+
+# --- history (PROTOCOL.md 9.12): join with last, history pages, a failed resume ----------
+
+
+async def test_a_not_recovered_joined_with_replayed_resets_first_then_delivers_the_newest() -> None:
+    seen: list[Any] = []
+    room = jetsock.Room(cast(Any, None), "r", 5, "e0", lambda r, info: seen.append(("reset", info.seq, r.seq)), last=3)
+    room.on_message(lambda m: seen.append(("msg", m.seq)))
+    room.handle_joined(Joined(room="r", epoch="e1", seq=20, recovered=False, replayed=3), sent_since=5)
+    assert (room.seq, room.replayed, room.joined) == (None, 3, jetsock.JoinedInfo("e1", 20, False, 3))
+    for seq in (18, 19, 19, 20, 21):
+        room.handle_msg(Msg(room="r", seq=seq, ts=0, data=msgspec.Raw(b"0")))
+    assert seen == [("reset", 20, None), ("msg", 18), ("msg", 19), ("msg", 20), ("msg", 21)]
+    assert room.since_for_join() == (21, "e1")
+    # Another epoch: the newest messages may be below the old position; replayed 0: from the head.
+    seen.clear()
+    room.handle_joined(Joined(room="r", epoch="e2", seq=2, recovered=False, replayed=2), sent_since=21)
+    room.handle_msg(Msg(room="r", seq=1, ts=0, data=msgspec.Raw(b"0")))
+    room.handle_joined(Joined(room="r", epoch="e3", seq=9, recovered=False), sent_since=1)
+    room.handle_msg(Msg(room="r", seq=9, ts=0, data=msgspec.Raw(b"0")))
+    assert seen == [("reset", 2, None), ("msg", 1), ("reset", 9, 9)]
+    assert (room.replayed, room.seq) == (0, 9)
+
+
+async def publish_many(backend: Any, room: str, count: int) -> list[int]:
+    js = backend.jetstream()
+    return [(await js.publish(f"rooms.{room}", json.dumps({"n": n}).encode())).seq for n in range(count)]
+
+
+async def test_join_with_last_delivers_the_newest_stored_then_live(edge: Edge, backend: Any) -> None:
+    stored = await publish_many(backend, "chat.last", 8)
+    resets: list[jetsock.ResetInfo] = []
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        with pytest.raises(ValueError):
+            client.join("chat.last", last=0)
+        room = client.join("chat.last", last=5, on_reset=lambda _r, info: resets.append(info))
+        info = await room.ready(timeout=5)
+        assert info == jetsock.JoinedInfo(edge.node.broker.epoch, stored[-1], False, 5)
+        assert room.replayed == 5 and room.last == 5
+        newest = await take(room, 5)
+        assert [m.seq for m in newest] == stored[-5:]
+        assert [m.data["n"] for m in newest] == [3, 4, 5, 6, 7]
+        ack = await room.publish({"n": 8})
+        assert [m.seq for m in await take(room, 1)] == [ack.seq]
+        assert resets == []  # no position was given: nothing to reset
+        few = await client.join("chat.few", last=50)  # an empty room: nothing replayed
+        assert (few.replayed, few.recovered) == (0, False)
+
+
+async def test_history_pages_back_until_more_is_false(make_edge: Any, backend: Any) -> None:
+    edge = await make_edge(history_rate=5, history_burst=2)
+    stored = await publish_many(backend, "chat.pages", 25)
+    draws: list[float] = []  # retry delays are drawn here (nothing reconnects in this test)
+
+    def draw() -> float:
+        draws.append(0.5)
+        return 0.5
+
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST, auto_connect=False, draw=draw) as client:
+        # Asked before connecting: sent once connected.
+        first = asyncio.create_task(client.history("chat.pages", limit=10))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        client.connect()
+        page = await asyncio.wait_for(first, 5)
+        pages = [page]
+        while page.more:
+            page = await client.history("chat.pages", before=page.messages[0].seq, limit=10)
+            pages.insert(0, page)
+        assert [len(p.messages) for p in pages] == [5, 10, 10]
+        got = [m for p in pages for m in p.messages]
+        assert [m.seq for m in got] == stored  # every stored message once, in order
+        assert [m.data for m in got] == [{"n": n} for n in range(25)]
+        assert {(p.room, p.epoch) for p in pages} == {("chat.pages", edge.node.broker.epoch)}
+        assert isinstance(got[0], jetsock.Message)
+
+        # Room.history, joined or not; rate_limited pages are asked again by the client.
+        room = client.join("chat.pages")
+        burst = await asyncio.gather(*(room.history(before=stored[20], limit=2) for _ in range(5)))
+        assert [[m.seq for m in p.messages] for p in burst] == [stored[18:20]] * 5
+        assert draws, "some of the burst were refused rate_limited, and asked again"
+        nothing = await client.history("chat.nothing")
+        assert (nothing.messages, nothing.more) == ([], False)
+
+        with pytest.raises(jetsock.ServerError) as bad:
+            await client.history("chat.pages", limit=1000)
+        assert (bad.value.code, bad.value.room) == ("bad_request", "chat.pages")
+        with pytest.raises(jetsock.InvalidRoom):
+            await client.history("not a room")
+    async with jetsock.connect(edge.url, token=token(join=["open.*"]), backoff=FAST) as outsider:
+        with pytest.raises(jetsock.ServerError) as forbidden:
+            await outsider.history("chat.pages")
+        assert (forbidden.value.code, forbidden.value.room) == ("forbidden", "chat.pages")
+    with pytest.raises(jetsock.ClosedError):
+        await outsider.history("chat.pages")
+
+
+async def test_history_waits_for_a_reconnect_and_times_out(edge: Edge, backend: Any) -> None:
+    stored = await publish_many(backend, "chat.wait", 3)
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        states = States(client)
+        await client.ready(timeout=5)
+        await shut_down(edge)
+        await states.wait("reconnecting")
+        waiting = asyncio.create_task(client.history("chat.wait", timeout=0))
+        with pytest.raises(jetsock.RequestTimeout) as timed_out:
+            await client.history("chat.wait", timeout=0.3)
+        assert (timed_out.value.code, timed_out.value.room) == ("timeout", "chat.wait")
+        second = await restarted(edge)
+        try:
+            page = await asyncio.wait_for(waiting, 10)
+        finally:
+            await shut_down(second)
+        assert [m.seq for m in page.messages] == stored
+
+
+async def test_a_failed_resume_with_last_resets_first_then_the_newest_then_live(make_edge: Any, backend: Any) -> None:
+    edge = await make_edge(max_replay=20)  # more missed than that is not recovered
+    events: list[Any] = []
+    async with jetsock.connect(edge.url, token=token(), backoff=FAST) as client:
+        room = client.join("chat.gap", last=4, on_reset=lambda _r, i: events.append(("reset", i.reason, i.seq)))
+        room.on_message(lambda m: events.append(("msg", m.seq)))
+        await room.ready(timeout=5)
+        before = await room.publish("before")
+        async with asyncio.timeout(5):
+            while room.seq != before.seq:
+                await asyncio.sleep(0.01)
+        await client.disconnect()
+        missed = await publish_many(backend, "chat.gap", 25)
+        events.clear()
+        client.connect()
+        info = await room.ready(timeout=5)
+        assert (info.recovered, info.replayed, info.seq) == (False, 4, missed[-1])
+        async with asyncio.timeout(5):
+            while len(events) < 5:
+                await asyncio.sleep(0.01)
+        live = await room.publish("live")
+        async with asyncio.timeout(5):
+            while len(events) < 6:
+                await asyncio.sleep(0.01)
+        assert events == [
+            ("reset", "not_recovered", missed[-1]),
+            *[("msg", seq) for seq in missed[-4:]],
+            ("msg", live.seq),
+        ]
+        assert room.seq == live.seq

@@ -687,7 +687,7 @@ describe("Jetsock client", () => {
       room.on("left", (info) => events.push(["left", info]));
       const ws1 = await connect(env);
       ws1.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 4, recovered: false, ref: 1 });
-      const joined = { epoch: "e1", seq: 4, recovered: false };
+      const joined = { epoch: "e1", seq: 4, recovered: false, replayed: 0 }; // a 1.0 server: no replayed
       assert.deepEqual(events, [
         ["state", "joined", joined],
         ["joined", joined],
@@ -803,13 +803,13 @@ describe("Jetsock client", () => {
       advance(1000);
       const [, retry] = ws.frames("join");
       ws.recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 7, recovered: false, ref: retry.ref });
-      assert.deepEqual(await first, { epoch: "e", seq: 7, recovered: false });
-      assert.deepEqual(await room.ready(), { epoch: "e", seq: 7, recovered: false }, "at once when joined");
+      assert.deepEqual(await first, { epoch: "e", seq: 7, recovered: false, replayed: 0 });
+      assert.deepEqual(await room.ready(), { epoch: "e", seq: 7, recovered: false, replayed: 0 }, "at once when joined");
       ws.drop(1006);
       const again = room.ready();
       await reconnect(env);
-      env.last().recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 9, recovered: true, ref: 3 });
-      assert.deepEqual(await again, { epoch: "e", seq: 9, recovered: true });
+      env.last().recv({ type: "joined", room: "chat.lobby", epoch: "e", seq: 9, recovered: true, replayed: 2, ref: 3 });
+      assert.deepEqual(await again, { epoch: "e", seq: 9, recovered: true, replayed: 2 });
     });
 
     for (const code of ["forbidden", "invalid_room", "too_many_rooms", "bad_request"]) {
@@ -1012,6 +1012,193 @@ describe("Jetsock client", () => {
       await assert.rejects(onClose, (e) => e.code === "closed" && e.closeCode === 1000);
       await assert.rejects(env.client.ready(), (e) => e.code === "closed" && e.closeCode === 1000);
       assert.equal(env.client._timers.size, 0);
+    });
+  });
+
+  describe("last and history", () => {
+    const ROOM = "chat.lobby";
+    const msg = (seq) => ({ type: "msg", room: ROOM, seq, ts: 1, data: { seq } });
+
+    test("last goes with the first join, with every rejoin (beside since) and with a retried join", async () => {
+      const env = setup();
+      const got = [];
+      const room = env.client.join(ROOM, { last: 50, onMessage: (m) => got.push(m.seq) });
+      const ws1 = await connect(env);
+      assert.deepEqual(ws1.frames("join"), [{ type: "join", room: ROOM, last: 50, ref: 1 }]);
+      ws1.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 10, recovered: false, replayed: 3, ref: 1 });
+      assert.equal(room.replayed, 3);
+      assert.equal(room.seq, null, "no position until the first replayed message");
+      for (const seq of [8, 9, 10, 11]) ws1.recv(msg(seq));
+      assert.deepEqual(got, [8, 9, 10, 11]);
+      assert.equal(room.seq, 11);
+      ws1.drop(1006);
+      const ws2 = await reconnect(env);
+      const [rejoin] = ws2.frames("join");
+      assert.deepEqual(rejoin, { type: "join", room: ROOM, since: 11, epoch: "e1", last: 50, ref: rejoin.ref });
+      ws2.recv({ type: "error", code: "rate_limited", message: "slow", ref: rejoin.ref });
+      advance(1000);
+      const [, retry] = ws2.frames("join");
+      assert.deepEqual(retry, { ...rejoin, ref: retry.ref }, "the retry is the same join");
+      ws2.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 12, recovered: true, replayed: 1, ref: retry.ref });
+      assert.equal(room.seq, 11, "recovered: the replay moves seq on");
+      ws2.recv(msg(12));
+      assert.deepEqual(got, [8, 9, 10, 11, 12]);
+      assert.deepEqual(await room.ready(), { epoch: "e1", seq: 12, recovered: true, replayed: 1 });
+      // Without last nothing changes on the wire.
+      env.client.join("chat.other");
+      assert.deepEqual(ws2.sent.at(-1), { type: "join", room: "chat.other", ref: retry.ref + 1 });
+      for (const last of [0, -1, 1.5, "5"]) assert.throws(() => env.client.join("chat.bad", { last }), TypeError, `${last}`);
+    });
+
+    test("a failed resume with last: reset first, then the replayed messages in order, then live", async () => {
+      const env = setup();
+      const seen = [];
+      const room = env.client.join(ROOM, { since: 5, epoch: "e0", last: 3 });
+      room.on("joined", (info) => seen.push(["joined", info.recovered, info.replayed]));
+      room.on("reset", (info) => seen.push(["reset", info.reason, info.seq, room.seq]));
+      room.on("message", (m) => seen.push(["msg", m.seq]));
+      const ws = await connect(env);
+      assert.deepEqual(ws.frames("join"), [{ type: "join", room: ROOM, since: 5, epoch: "e0", last: 3, ref: 1 }]);
+      ws.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 20, recovered: false, replayed: 3, ref: 1 });
+      for (const seq of [18, 19, 19, 20, 21]) ws.recv(msg(seq));
+      assert.deepEqual(seen, [
+        ["joined", false, 3],
+        ["reset", "not_recovered", 20, null],
+        ["msg", 18],
+        ["msg", 19],
+        ["msg", 20],
+        ["msg", 21],
+      ]);
+      assert.equal(room.seq, 21);
+
+      // Another epoch: the newest messages may have seqs below the old position.
+      seen.length = 0;
+      ws.drop(1006);
+      const ws2 = await reconnect(env);
+      const [rejoin] = ws2.frames("join");
+      assert.deepEqual([rejoin.since, rejoin.epoch, rejoin.last], [21, "e1", 3]);
+      ws2.recv({ type: "joined", room: ROOM, epoch: "e2", seq: 2, recovered: false, replayed: 2, ref: rejoin.ref });
+      for (const seq of [1, 2, 3]) ws2.recv(msg(seq));
+      assert.deepEqual(seen, [
+        ["joined", false, 2],
+        ["reset", "not_recovered", 2, null],
+        ["msg", 1],
+        ["msg", 2],
+        ["msg", 3],
+      ]);
+
+      // replayed 0 (an empty room, or a 1.0 server): as before, from the head.
+      seen.length = 0;
+      ws2.drop(1006);
+      const ws3 = await reconnect(env);
+      const [third] = ws3.frames("join");
+      ws3.recv({ type: "joined", room: ROOM, epoch: "e3", seq: 7, recovered: false, ref: third.ref });
+      assert.equal(room.replayed, 0);
+      for (const seq of [6, 7, 8]) ws3.recv(msg(seq));
+      assert.deepEqual(seen, [
+        ["joined", false, 0],
+        ["reset", "not_recovered", 7, 7],
+        ["msg", 8],
+      ]);
+    });
+
+    test("a drop in the middle of the newest messages resumes from the last one delivered, or joins anew", async () => {
+      const env = setup();
+      const got = [];
+      const room = env.client.join(ROOM, { last: 10, onMessage: (m) => got.push(m.seq) });
+      const ws1 = await connect(env);
+      ws1.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 30, recovered: false, replayed: 10, ref: 1 });
+      ws1.drop(1006); // before any of them: no position to resume from
+      const ws2 = await reconnect(env);
+      const [again] = ws2.frames("join");
+      assert.deepEqual(again, { type: "join", room: ROOM, last: 10, ref: again.ref });
+      ws2.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 30, recovered: false, replayed: 10, ref: again.ref });
+      ws2.recv(msg(21));
+      ws2.recv(msg(22));
+      ws2.drop(1006);
+      const ws3 = await reconnect(env);
+      const [resume] = ws3.frames("join");
+      assert.deepEqual([resume.since, resume.last], [22, 10]);
+      ws3.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 30, recovered: true, replayed: 8, ref: resume.ref });
+      for (let seq = 23; seq <= 30; seq++) ws3.recv(msg(seq));
+      assert.deepEqual(got, Array.from({ length: 10 }, (_, i) => 21 + i));
+    });
+
+    test("history: sent once connected, answered by ref, messages as Message objects; room.history too", async () => {
+      const env = setup();
+      const page = env.client.history(ROOM, { before: 100, limit: 2 });
+      const ws = await connect(env);
+      const [h] = ws.frames("history");
+      assert.deepEqual(h, { type: "history", room: ROOM, before: 100, limit: 2, ref: h.ref });
+      ws.recv({ type: "pong" });
+      const stored = [
+        { room: ROOM, seq: 98, ts: 5, data: { n: 1 }, from: "bob" },
+        { room: ROOM, seq: 99, ts: 6, data: "x", id: "i" },
+      ];
+      ws.recv({ type: "history", room: ROOM, epoch: "e1", messages: stored, more: true, ref: h.ref });
+      assert.deepEqual(await page, {
+        messages: stored.map((m) => ({ type: "msg", ...m })),
+        more: true,
+        epoch: "e1",
+      });
+      // A room need not be joined (nor the join answered) for its history.
+      const room = env.client.join("chat.other");
+      const first = room.history();
+      const [, h2] = ws.frames("history");
+      assert.deepEqual(h2, { type: "history", room: "chat.other", ref: h2.ref });
+      ws.recv({ type: "history", room: "chat.other", epoch: "e1", messages: [], more: false, ref: h2.ref });
+      assert.deepEqual(await first, { messages: [], more: false, epoch: "e1" });
+      assert.equal(room.state, "joining");
+    });
+
+    test("history: rate_limited and unavailable are retried, a drop resends it, other errors reject", async () => {
+      const env = setup();
+      const page = env.client.history(ROOM, { limit: 5, timeoutMs: 0 });
+      let ws = await connect(env);
+      for (const code of ["rate_limited", "unavailable"]) {
+        const sent = ws.frames("history").at(-1);
+        ws.recv({ type: "error", code, message: code, ref: sent.ref });
+        assert.equal(ws.frames("history").length, code == "rate_limited" ? 1 : 2, "not at once");
+        advance(2000);
+      }
+      assert.equal(ws.frames("history").length, 3);
+      ws.drop(1006); // in flight: sent again on the next connection
+      ws = await reconnect(env);
+      const [again] = ws.frames("history");
+      assert.deepEqual(again, { type: "history", room: ROOM, limit: 5, ref: again.ref });
+      ws.recv({ type: "history", room: ROOM, epoch: "e", messages: [], more: false, ref: again.ref });
+      assert.equal((await page).more, false);
+
+      for (const code of ["forbidden", "bad_request"]) {
+        const refused = env.client.history(ROOM, { limit: 1000 });
+        ws.recv({ type: "error", code, message: "no", ref: ws.frames("history").at(-1).ref });
+        const err = await caught(refused);
+        assert.ok(err instanceof JetsockError);
+        assert.deepEqual([err.code, err.room], [code, ROOM]);
+      }
+      advance(5000);
+      assert.equal(ws.frames("history").length, 3, "refusals are not retried");
+      assert.equal((await caught(env.client.history("bad room"))).code, "invalid_room");
+      assert.equal(ws.frames("history").length, 3);
+    });
+
+    test("history: times out after requestTimeoutMs by default, aborts, rejects on close; not counted in maxQueued", async () => {
+      const env = setup({ options: { maxQueued: 1 } });
+      const slow = env.client.history(ROOM);
+      const controller = new AbortController();
+      const aborted = env.client.history(ROOM, { signal: controller.signal });
+      const ws = await connect(env);
+      assert.equal(ws.frames("history").length, 2);
+      const pub = env.client.publish(ROOM, 1, { id: "p" }); // histories do not fill the queue
+      controller.abort();
+      assert.equal((await caught(aborted)).code, "aborted");
+      advance(RULES.defaults.requestTimeoutMs);
+      const err = await caught(slow);
+      assert.deepEqual([err.code, err.room], ["timeout", ROOM]);
+      const late = env.client.history(ROOM);
+      env.client.close();
+      assert.deepEqual([(await caught(late)).code, (await caught(pub)).code], ["closed", "closed"]);
+      assert.equal((await caught(env.client.history(ROOM))).code, "closed");
     });
   });
 

@@ -5,8 +5,9 @@ import jetsock
 
 async with jetsock.connect("wss://example.com/ws", token=get_token) as client:
     client.on_state(lambda state, info: print(state, info))
-    room = await client.join("chat.lobby")
+    room = await client.join("chat.lobby", last=50)  # the newest 50 first, then live
     seq, duplicate = await room.publish({"text": "hi"})
+    page = await room.history(before=seq, limit=50)  # older ones: page.messages, page.more
     async for message in room:
         print(message.seq, message.data)
 ```
@@ -36,6 +37,7 @@ from jetsock.policy import Backoff, CloseDecision, Reconnect, decide, reconnect_
 from jetsock.reconnect import TokenReason, TokenSource
 from jetsock.room import (
     Ack,
+    HistoryPage,
     JoinedInfo,
     LeftInfo,
     Message,
@@ -60,6 +62,7 @@ __all__ = [
     "ClosedError",
     "ErrorCode",
     "FrameTooLarge",
+    "HistoryPage",
     "InvalidRoom",
     "JetsockError",
     "JoinedInfo",

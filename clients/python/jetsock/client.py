@@ -45,12 +45,13 @@ from jetsock.errors import (
 from jetsock.link import Disconnected, Link, Outcome
 from jetsock.policy import RETRYABLE_ERRORS, Backoff, room_name_error
 from jetsock.reconnect import BadToken, Tokens, TokenSource, logged_out, reconnect_forever
-from jetsock.room import Ack, ResetCallback, Room
+from jetsock.room import Ack, HistoryPage, ResetCallback, Room, message_of
 from jetsock.state import State, StateInfo, StateListener, States
 from schemas import Ack as AckFrame
 from schemas import (
     Error,
     Expiring,
+    History,
     Join,
     Joined,
     Leave,
@@ -64,6 +65,7 @@ from schemas import (
     ServerFrame,
     Welcome,
 )
+from schemas import HistoryPage as HistoryFrame
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ MAX_ID_LENGTH = 256
 """Longest publish `id` the server accepts (schemas.frames.Publish)."""
 
 _encode = msgspec.json.Encoder().encode
+_decode_messages = msgspec.json.Decoder(list[Msg]).decode
+"""A history page's `messages`: `msg` frames without their `type`."""
 
 
 class _Done:
@@ -301,6 +305,7 @@ class Client:
         since: int | None = None,
         epoch: str | None = None,
         on_reset: ResetCallback | None = None,
+        last: int | None = None,
     ) -> Room:
         """Join `room`; returns the Room at once, `joining` (`await` it, or `room.ready()`, for `joined`).
 
@@ -310,6 +315,12 @@ class Client:
         `reset`), the reset listeners (`on_reset(room, info)`) are called
         before any message after `info.seq`. The room stays joined across
         reconnects. Works before `connect()`: the join is sent once connected.
+
+        `last` (an int >= 1, at most the server's `max_history_page`, 100 by
+        default) goes with this join and every rejoin: without a position, or
+        when a resume fails, the room's newest `last` stored messages are
+        delivered first (after the reset listeners of a failed resume), then
+        live ones; `room.replayed` says how many.
 
         Raises at once `InvalidRoom` (code "invalid_room", a name the server
         would refuse), `AlreadyJoined` or `ClosedError`. A refusal by the
@@ -323,7 +334,9 @@ class Client:
             raise InvalidRoom(problem, room=room)
         if room in self._rooms:
             raise AlreadyJoined(f"already joined {room!r}: leave it first", room=room)
-        member = Room(self, room, since, epoch, on_reset)
+        if last is not None and (not isinstance(last, int) or isinstance(last, bool) or last < 1):
+            raise ValueError(f"last is an int >= 1, not {last!r}")
+        member = Room(self, room, since, epoch, on_reset, last)
         self._rooms[room] = member
         link = self._link
         if link is not None and room not in link.leaving:
@@ -381,6 +394,55 @@ class Client:
         finally:
             # Acked, refused, timed out or abandoned by the caller: never sent again.
             self._publishes.pop(ref, None)
+
+    async def history(
+        self, room: str, before: int | None = None, limit: int | None = None, timeout: float | None = None
+    ) -> HistoryPage:
+        """A page of `room`'s stored messages: the newest `limit` (the server's default: 50)
+        with seq < `before` (None: from the head), in increasing seq. Needs join rights for
+        the room, not membership. Page back with `before=page.messages[0].seq` while
+        `page.more`.
+
+        Like a publish it waits for a connection, and is sent again after a reconnect
+        and after `rate_limited` or `unavailable` (equal jitter). `timeout` (seconds;
+        None: the client's `request_timeout`, 0: none) raises `RequestTimeout`. Raises
+        `InvalidRoom`, `ServerError` (`forbidden`, `bad_request`, ...) or `ClosedError`,
+        each naming `room`.
+        """
+        self._check_open(room)
+        problem = room_name_error(room)
+        if problem is not None:
+            raise InvalidRoom(problem, room=room)
+        seconds = self._request_timeout if timeout is None else timeout
+        deadline = asyncio.timeout(seconds if seconds > 0 else None)
+        tries = 0
+        try:
+            async with deadline:
+                while True:
+                    self._check_open(room)
+                    link = self._link
+                    if link is None:
+                        await self._states.changed()
+                        continue
+                    try:
+                        reply = await link.request(
+                            lambda ref: History(room=room, before=before, limit=limit, ref=ref), bounded=False
+                        )
+                    except Disconnected:
+                        continue  # Sent again on the next connection.
+                    except ServerError as exc:
+                        if exc.code not in RETRYABLE_ERRORS:
+                            raise ServerError(exc.code, exc.message, room=room) from None
+                        tries += 1
+                        await asyncio.sleep(self._backoff.retry_delay(tries, self._draw()))
+                        continue
+                    assert isinstance(reply, HistoryFrame)
+                    messages = [message_of(m) for m in _decode_messages(reply.messages)]
+                    return HistoryPage(reply.room, reply.epoch, messages, reply.more)
+        except TimeoutError:
+            if deadline.expired():
+                raise RequestTimeout(f"no history page within {seconds:g} s", room=room) from None
+            raise
 
     def _leave(self, room: Room) -> Awaitable[None]:
         """`room.leave()`: the room is left here at once; on the server once `left` arrived."""
@@ -538,7 +600,7 @@ class Client:
                 if not self._refreshing:
                     self._refreshing = True
                     self._spawn(self._refresh(link))
-            case Refreshed() | Pong():
+            case Refreshed() | Pong() | HistoryFrame():
                 link.reply(frame.ref, frame)
             case Error():
                 self._on_error(link, frame)
@@ -644,7 +706,7 @@ class Client:
         since, epoch = room.since_for_join()
         link.joins[ref] = (room, since)
         room.link = link
-        link.send(Join(room=room.name, since=since, epoch=epoch, ref=ref))
+        link.send(Join(room=room.name, since=since, epoch=epoch, last=room.last, ref=ref))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` beside the reader (it must not block reading); `close()` cancels it."""

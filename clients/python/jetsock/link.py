@@ -179,17 +179,18 @@ class Link:
                 log.debug("send failed: %r", exc)
                 return
 
-    async def request(self, make: Callable[[int], ClientFrame]) -> ServerFrame:
+    async def request(self, make: Callable[[int], ClientFrame], *, bounded: bool = True) -> ServerFrame:
         """Send the frame `make(ref)` and wait for the reply carrying `ref`.
 
-        Raises `ServerError` (the reply was `error`), `Disconnected` or `TimeoutError`.
+        Raises `ServerError` (the reply was `error`), `Disconnected` or `TimeoutError`
+        (after the request timeout; never when not `bounded`: the caller has its own).
         """
         ref = self.next_ref()
         future: asyncio.Future[ServerFrame] = asyncio.get_running_loop().create_future()
         self._requests[ref] = future
         try:
             self.send(make(ref))
-            async with asyncio.timeout(self._request_timeout):
+            async with asyncio.timeout(self._request_timeout if bounded else None):
                 return await future
         finally:
             self._requests.pop(ref, None)

@@ -5,8 +5,12 @@ rejoins with `since` = the last seq this room delivered and the epoch it got
 it under, and drops any `msg` at or below that seq, so every consumer sees each
 stored message once, in order, across any number of reconnects.
 
+A join with `last` asks for the room's newest `last` stored messages when there is no
+position to resume from, or the resume fails: they come first (after the reset of a
+failed resume), then live ones, and `joined.replayed` says how many.
+
 A room is `joining` (asked, or waiting for a connection or a rejoin), `joined`
-(with the last `joined` frame's epoch, seq and recovered) or `left` (for good:
+(with the last `joined` frame's epoch, seq, recovered and replayed) or `left` (for good:
 by `leave()`, a refusal, the server's `left`, or the client closing; `error`
 says why when it was not `leave()`).
 """
@@ -51,6 +55,34 @@ class Message:
     encoding: str | None = None
 
 
+def message_of(frame: Msg) -> Message:
+    """The application's Message for a `msg` frame (or a history page's entry)."""
+    return Message(
+        room=frame.room,
+        seq=frame.seq,
+        ts=frame.ts,
+        data=msgspec.json.decode(frame.data),
+        id=frame.id,
+        from_=frame.from_,
+        encoding=frame.encoding,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of a room's stored messages (the `history` reply).
+
+    `messages` are in increasing seq: the newest `limit` with seq < `before`.
+    `more` is true when older stored messages exist: ask again with `before` =
+    `messages[0].seq`. `epoch` is the stream epoch the seqs belong to.
+    """
+
+    room: str
+    epoch: str
+    messages: list[Message]
+    more: bool
+
+
 class Ack(NamedTuple):
     """A publish stored durably: its `seq`, and whether its `id` had been stored before."""
 
@@ -60,12 +92,15 @@ class Ack(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class JoinedInfo:
-    """The last `joined` of a room: the stream `epoch`, the room's head `seq` at the join, and
-    whether the replay asked for with `since` is complete (`recovered`)."""
+    """The last `joined` of a room: the stream `epoch`, the room's head `seq` at the join,
+    whether the replay asked for with `since` is complete (`recovered`), and how many
+    stored messages follow before live ones (`replayed`: that replay, or the room's newest
+    `last`; 0 from a server before 1.1)."""
 
     epoch: str
     seq: int
     recovered: bool
+    replayed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +110,10 @@ class ResetInfo:
     `reason` is "reset" for a `reset` frame (the stream was recreated) and
     "not_recovered" for a join with `since` that answered `recovered: false`
     (messages expired, another epoch, or too many to replay). Either way the
-    application reloads its state from its own backend; delivery goes on
-    with messages after `seq`.
+    application reloads its state from its own backend (or `room.history()`);
+    delivery goes on with messages after `seq`, except that a join with `last`
+    delivers first the room's newest stored messages (`room.replayed` of them,
+    seq <= `seq`).
     """
 
     room: str
@@ -182,9 +219,12 @@ class Room:
         since: int | None,
         epoch: str | None,
         on_reset: ResetCallback | None,
+        last: int | None = None,
     ) -> None:
         self._client = client
         self.name = name
+        self.last = last
+        """The `last` sent with every join of this room (None: none)."""
         self.state: RoomState = "joining"
         self.seq: int | None = since
         """The last seq delivered (or the `since` asked for, or the head at a live join): where a rejoin resumes."""
@@ -192,6 +232,8 @@ class Room:
         """The stream epoch `seq` belongs to."""
         self.recovered: bool | None = None
         """The last `joined.recovered`."""
+        self.replayed: int | None = None
+        """The last `joined.replayed`: how many stored messages came before live ones."""
         self.joined: JoinedInfo | None = None
         """The last `joined`."""
         self.error: JetsockError | None = None
@@ -259,6 +301,12 @@ class Room:
         """Publish `data` to this room; see `Client.publish`."""
         return await self._client.publish(self.name, data, id=id, timeout=timeout)
 
+    async def history(
+        self, before: int | None = None, limit: int | None = None, timeout: float | None = None
+    ) -> HistoryPage:
+        """A page of this room's stored messages (joining is not required); see `Client.history`."""
+        return await self._client.history(self.name, before=before, limit=limit, timeout=timeout)
+
     def leave(self) -> Awaitable[None]:
         """Leave the room: it is `left` at once (a join of the name may follow at once), and
         its iterators end after what they hold.
@@ -311,16 +359,18 @@ class Room:
         """Adopt a `joined`: the new position, and a reset when the replay was refused."""
         self.epoch = frame.epoch
         self.recovered = frame.recovered
+        replayed = self.replayed = frame.replayed or 0
         self.tries = 0
         reset = None
-        if sent_since is None:
-            # Joined live, from the head: everything up to it counts as seen.
-            self.seq = frame.seq
-        elif not frame.recovered:
-            self.seq = frame.seq
-            reset = ResetInfo(self.name, frame.epoch, frame.seq, "not_recovered")
+        if sent_since is None or not frame.recovered:
+            # Joined from the head: everything up to it counts as seen, unless the newest
+            # `replayed` stored messages (seq <= frame.seq, asked for with `last`) follow:
+            # then there is no position until the first of them.
+            self.seq = None if replayed else frame.seq
+            if sent_since is not None:
+                reset = ResetInfo(self.name, frame.epoch, frame.seq, "not_recovered")
         # recovered: the replay of (since, frame.seq] follows; `seq` stays.
-        self.joined = JoinedInfo(frame.epoch, frame.seq, frame.recovered)
+        self.joined = JoinedInfo(frame.epoch, frame.seq, frame.recovered, replayed)
         self._set("joined", self.joined)
         if reset is not None:
             self._resets.call(self, reset)
@@ -330,15 +380,7 @@ class Room:
         if self.seq is not None and frame.seq <= self.seq:
             return
         self.seq = frame.seq
-        message = Message(
-            room=frame.room,
-            seq=frame.seq,
-            ts=frame.ts,
-            data=msgspec.json.decode(frame.data),
-            id=frame.id,
-            from_=frame.from_,
-            encoding=frame.encoding,
-        )
+        message = message_of(frame)
         self._messages.call(message)
         for queue in self._feeds:
             queue.put_nowait(message)

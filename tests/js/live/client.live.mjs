@@ -4,6 +4,7 @@
 //   JETSOCK_TEST_HTTP    http://host:port
 //   JETSOCK_TEST_SECRET  the edge's HS256 secret (tokens are minted here with node:crypto)
 //   JETSOCK_TEST_MAX_ROOMS  the edge's max_rooms_per_connection (default 100)
+//   JETSOCK_TEST_MAX_REPLAY the edge's max_replay (a resume missing more is not recovered)
 // The file name does not match node's test patterns, so `node --test tests/js/` skips it;
 // run it by name: node --test tests/js/live/client.live.mjs
 
@@ -246,4 +247,131 @@ test("a token source that says logged out (null) closes the client", TIMEOUT, as
   assert.equal(room.state, "left");
   assert.equal(room.error.code, "logged_out");
   await assert.rejects(c.publish(room.name, 1), (e) => e.code === "logged_out" && e.closeCode === 4501);
+});
+
+// --- history (PROTOCOL.md 9.12): join with last, history pages, a failed resume ---
+
+/** Publish `n` messages {n: 0..n-1} over HTTP, one after the other; their seqs. */
+async function httpPublishMany(room, n, from = 0) {
+  const seqs = [];
+  for (let i = from; i < from + n; i++) seqs.push(await httpPublish(room, { n: i }));
+  return seqs;
+}
+
+test("join with last: the room's newest messages, in order, then live ones", TIMEOUT, async () => {
+  const name = roomName("last");
+  const stored = await httpPublishMany(name, 8);
+  const c = client();
+  const room = c.join(name, { last: 5 });
+  const seen = [];
+  room.on("reset", (info) => seen.push(["reset", info.reason]));
+  const newest = messages(room, 5);
+  const joined = await room.ready();
+  assert.deepEqual([joined.recovered, joined.replayed, joined.seq], [false, 5, stored.at(-1)]);
+  assert.equal(room.replayed, 5);
+  const got = await newest;
+  assert.deepEqual(got.map((m) => m.seq), stored.slice(-5));
+  assert.deepEqual(got.map((m) => m.data.n), [3, 4, 5, 6, 7]);
+  const live = messages(room, 1);
+  const { seq } = await room.publish({ n: 8 });
+  assert.deepEqual((await live).map((m) => m.seq), [seq]);
+  assert.deepEqual(seen, [], "a join without a position has nothing to reset");
+
+  // A room with fewer messages than last: all of them; an empty one: none.
+  const few = roomName("few");
+  const two = await httpPublishMany(few, 2);
+  const small = c.join(few, { last: 50 });
+  const both = messages(small, 2);
+  assert.equal((await small.ready()).replayed, 2);
+  assert.deepEqual((await both).map((m) => m.seq), two);
+  const empty = c.join(roomName("empty"), { last: 50 });
+  assert.deepEqual(await empty.ready().then((j) => [j.replayed, j.recovered]), [0, false]);
+  assert.deepEqual(c.errors, []);
+});
+
+test("history pages back with before until more is false; errors reject", TIMEOUT, async () => {
+  const name = roomName("history");
+  const stored = await httpPublishMany(name, 25);
+  const c = client();
+  const pages = [];
+  let before;
+  for (;;) {
+    const page = await c.history(name, { before, limit: 10 });
+    assert.ok(page.messages.length > 0);
+    assert.equal(typeof page.epoch, "string");
+    pages.unshift(page.messages);
+    if (!page.more) break;
+    before = page.messages[0].seq;
+  }
+  assert.deepEqual(pages.map((p) => p.length), [5, 10, 10]);
+  const all = pages.flat();
+  assert.deepEqual(all.map((m) => m.seq), stored, "every stored message once, in order");
+  assert.deepEqual(all.map((m) => m.data.n), Array.from({ length: 25 }, (_, i) => i));
+  assert.deepEqual([all[0].type, all[0].room, all[0].from, typeof all[0].ts], ["msg", name, "backend", "number"]);
+
+  // Room.history, joined or not: the same pages.
+  const room = c.join(name);
+  const head = await room.history({ limit: 3 });
+  assert.deepEqual(head.messages.map((m) => m.seq), stored.slice(-3));
+  assert.equal(head.more, true);
+  await room.ready();
+  const middle = await room.history({ before: stored[10], limit: 2 });
+  assert.deepEqual(middle.messages.map((m) => m.seq), stored.slice(8, 10));
+  const nothing = await c.history(roomName("none"));
+  assert.deepEqual([nothing.messages, nothing.more], [[], false]);
+
+  await assert.rejects(c.history(name, { limit: 1000 }), (e) => e instanceof JetsockError && e.code === "bad_request" && e.room === name);
+  await assert.rejects(c.history(name, { before: 0 }), (e) => e.code === "bad_request");
+  const outsider = client({ token: mint({ join: ["open.>"], publish: [] }) });
+  await assert.rejects(outsider.history(name), (e) => e.code === "forbidden" && e.room === name);
+  await assert.rejects(c.history("not a room"), (e) => e.code === "invalid_room");
+});
+
+test("a resume that fails, with last: reset first, then the newest messages, then live", TIMEOUT, async () => {
+  // The edge replays at most JETSOCK_TEST_MAX_REPLAY messages: more missed is not recovered.
+  const maxReplay = Number(need("JETSOCK_TEST_MAX_REPLAY"));
+  const name = roomName("failed");
+  const c = client({ autoConnect: false });
+  const room = c.join(name, { last: 4 });
+  const events = [];
+  room.on("reset", (info) => events.push(["reset", info.reason, info.seq]));
+  room.on("message", (m) => events.push(["msg", m.seq]));
+  c.connect();
+  await room.ready();
+  const before = await room.publish({ n: -1 });
+  await reach(c, "connected");
+  while (room.seq !== before.seq) await new Promise((resolve) => setTimeout(resolve, 10));
+
+  c.disconnect();
+  await reach(c, "disconnected");
+  const missed = await httpPublishMany(name, maxReplay + 5);
+  events.length = 0;
+  const newest = messages(room, 4);
+  const joined = new Promise((resolve) => room.once("joined", resolve));
+  c.connect();
+  const info = await joined;
+  assert.deepEqual([info.recovered, info.replayed, info.seq], [false, 4, missed.at(-1)]);
+  await newest;
+  const live = messages(room, 1);
+  const { seq } = await room.publish({ n: "live" });
+  await live;
+  assert.deepEqual(events, [
+    ["reset", "not_recovered", missed.at(-1)],
+    ...missed.slice(-4).map((s) => ["msg", s]),
+    ["msg", seq],
+  ]);
+  assert.equal(room.seq, seq);
+
+  // An epoch from another life of the stream: the same, on the first join.
+  const ename = roomName("epoch");
+  const three = await httpPublishMany(ename, 3);
+  const other = c.join(ename, { since: three[0], epoch: "another-life", last: 2 });
+  const seen = [];
+  other.on("reset", (i) => seen.push(i.reason));
+  other.on("message", (m) => seen.push(m.seq));
+  const two = messages(other, 2);
+  assert.deepEqual(await other.ready().then((j) => [j.recovered, j.replayed]), [false, 2]);
+  await two;
+  assert.deepEqual(seen, ["not_recovered", ...three.slice(-2)]);
+  assert.deepEqual(c.errors, []);
 });

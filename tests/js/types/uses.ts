@@ -17,6 +17,8 @@ import Default, {
   type LeftInfo,
   type PublishResult,
   type ConnectedInfo,
+  type HistoryPage,
+  type HistoryOptions,
 } from "../../../clients/js/jetsock.js";
 
 interface Chat {
@@ -110,6 +112,20 @@ async function uses(): Promise<void> {
   const state: "joining" | "joined" | "left" = room.state;
   const error: JetsockError | null = room.error;
   const recovered: boolean | null = room.recovered;
+  const replayed: number | null = room.replayed;
+  const joinedReplayed: number = joined.replayed;
+
+  // The newest messages on joining (and after a failed resume), then history pages.
+  const withLast: Room<Chat> = client.join<Chat>("chat.last", { last: 50, since: 3, epoch: "e1" });
+  const page: HistoryPage<Chat> = await withLast.history({ before: 120, limit: 50 });
+  const texts: string[] = page.messages.map((m: Message<Chat>) => m.data.text);
+  const more: boolean = page.more;
+  const pageEpoch: string = page.epoch;
+  const opts: HistoryOptions = { limit: 10, timeoutMs: 0, signal: controllerForHistory().signal };
+  const untyped: HistoryPage = await client.history("chat.any", opts);
+  const first: JSONValue | undefined = untyped.messages[0]?.data;
+  const typed: HistoryPage<number> = await client.history<number>("chat.numbers");
+  await withLast.history();
 
   const controller = new AbortController();
   const result: PublishResult = await room.publish({ text: "hi" }, { id: "m-1", timeoutMs: 1000, signal: controller.signal });
@@ -226,8 +242,21 @@ async function uses(): Promise<void> {
   new Jetsock("ws://x/ws", { token: async () => 42 });
   // @ts-expect-error: the signal must be an AbortSignal
   client.ready({ signal: "now" });
+  // @ts-expect-error: last is a number
+  client.join("chat.x", { last: "50" });
+  // @ts-expect-error: history options are typed
+  room.history({ from: 3 });
+  // @ts-expect-error: a history page of a Room<Chat> holds Chat messages
+  const wrong: HistoryPage<number> = await room.history();
+  // @ts-expect-error: history needs a room name
+  client.history();
 
+  void [replayed, joinedReplayed, texts, more, pageEpoch, first, typed, wrong];
   void [info, joined, seq, lastSeq, state, error, recovered, result, compatible, value, policy, min, delay, maxQueued, pattern];
+}
+
+function controllerForHistory(): AbortController {
+  return new AbortController();
 }
 
 void uses;
