@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -174,6 +174,8 @@ class Broker:
         self._closing = False
         self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
         self._history: HistoryReader | None = None
+        self.reconnect_listeners: list[Callable[[], None]] = []
+        """Called after every NATS reconnect (presence resyncs then)."""
         self.health = BrokerHealth(settings.nats_unready_after)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -277,6 +279,11 @@ class Broker:
         except Exception as exc:  # the stream may be briefly unavailable after a restart
             log.warning("could not re-read the stream after reconnect: %s", exc)
         self.feeds.repair_all()
+        for listener in self.reconnect_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a reconnect listener failed")
 
     async def _check_epoch(self) -> None:
         """After a reconnect the stream may be a new one: reset every active room."""
@@ -432,26 +439,31 @@ class Broker:
         if len(messages) + first.pending > limit:
             return Replay(False)
         replay = Replay(True, messages, after, room, upper, self.fetcher, self.replay_slots, max_bytes)
-        replay.count = await self._count_up_to(room, messages, first.pending, upper)
+        replay.count = await self._count_up_to(room, after, messages, first.pending, upper, max_bytes)
         return replay
 
-    async def _count_up_to(self, room: str, first: list[StoredMessage], pending: int, upper: int) -> int:
+    async def _count_up_to(
+        self, room: str, after: int, first: list[StoredMessage], pending: int, upper: int, max_bytes: int
+    ) -> int:
         """How many of the room's messages lie in (after, upper], given the first batch read
-        after `after` (already cut at `upper`) and the count of those after it. One direct get
-        more only when the replay spans several batches: count(upper + 1)."""
+        after `after` (already cut at `upper`) and the count of those after it. When the replay
+        spans several batches, the rest is counted up to `upper` (core/history.py `count_in`: its
+        probe bracketed by two of count(upper + 1), since a busy room grows meanwhile)."""
         if pending == 0 or (first and first[-1].seq >= upper):
             return len(first)
+        last = first[-1].seq if first else after
         try:
-            _, beyond = await self.history.probe_of(room)(upper + 1)
+            rest = await self.history.count_in(room, last + 1, upper, read_bytes=max_bytes)
         except FetchError as exc:
             raise Unavailable(str(exc)) from None
-        return len(first) + max(0, pending - beyond)
+        return len(first) + rest
 
     async def replay_last(self, room: str, n: int, head: Position) -> Replay:
         """The room's newest `n` messages up to `head` (all of them when it holds fewer), as a
         replay through the same join seam as a `since` one (PROTOCOL.md section 9).
 
-        The window is found by counting (core/history.py: a few direct gets, no consumer);
+        The window is found by counting (core/history.py: a few direct gets, no consumer), and
+        is exact (its size is `joined.replayed`) however fast the room is written meanwhile;
         its oldest message is read first, and the rest in batches paced by the client.
         """
         upper = head.seq
@@ -459,7 +471,7 @@ class Broker:
             return Replay(True)
         max_bytes = max(1, self.settings.max_pending_bytes // 4)
         try:
-            window = await self.history.start_of_last(room, n, upper)
+            window = await self.history.start_of_last(room, n, upper, read_bytes=max_bytes)
             if window.keep == 0:
                 return Replay(True)
             first = await self.replay_slots.fetch(

@@ -56,6 +56,7 @@ SERVER_FRAME_TYPES = {
     "refreshed",
     "pong",
     "error",
+    "history",
 }
 
 
@@ -224,6 +225,9 @@ class Hostile:
                 # Attacks publish a lot; the rate limit is not what this suite tests.
                 "JETSOCK_PUBLISH_RATE": "100000",
                 "JETSOCK_PUBLISH_BURST": "100000",
+                # History requests too: their rate limit has a class and an edge of its own (test_9j_history).
+                "JETSOCK_HISTORY_RATE": "100000",
+                "JETSOCK_HISTORY_BURST": "100000",
                 "JETSOCK_DRAIN_SECONDS": "0.5",
                 # Every attack comes from 127.0.0.1: the per-source caps and the join rate limit
                 # are tested by their own classes (test_9b_admission, test_9c_join_rate).
@@ -270,6 +274,7 @@ class Hostile:
             await client.send(type="publish", room=ROOM if i == 0 else "hostile.warm.x", data={"warm": i})
             await client.ws.send_str("{not json")
             await client.send(type="join", room="a.*")
+            await client.send(type="history", room=ROOM if i == 0 else "hostile.warm.x", limit=5)
             await client.send(type="ping", ref=i)
         for client in clients:
             while (await client.recv())["type"] != "pong":

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -25,8 +26,8 @@ from tests.hostile.support import MAX_FRAME, ROOM, FrameProbe, Hostile, judge
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.hostile("JSON frames of wrong shapes")]
 
-FRAME_TYPES = ["auth", "join", "leave", "publish", "ping", "refresh"]
-FIELDS = ["room", "since", "epoch", "ref", "data", "id", "token"]
+FRAME_TYPES = ["auth", "join", "leave", "publish", "ping", "refresh", "history"]
+FIELDS = ["room", "since", "epoch", "ref", "data", "id", "token", "last", "before", "limit"]
 REPLIES = {
     "auth": {"error:bad_request"},
     "join": {"joined", "error"},
@@ -34,6 +35,7 @@ REPLIES = {
     "publish": {"ack", "error"},
     "ping": {"pong", "error:bad_request"},
     "refresh": {"error"},
+    "history": {"history", "error"},
 }
 
 
@@ -131,6 +133,9 @@ FIELD_VALUES = {
     "data": values,
     "id": texts | values,
     "token": texts | values,
+    "last": st.integers() | values,
+    "before": st.integers() | values,
+    "limit": st.integers() | values,
 }
 
 
@@ -299,6 +304,7 @@ def extreme_cases() -> list[tuple[str, bytes, set[str] | None, Any]]:
         ("data NaN", b'{"type":"publish","room":"hostile.num","ref":14,"data":NaN}', BAD, None),
         ("data Infinity", b'{"type":"publish","room":"hostile.num","data":Infinity}', BAD, None),
         ("since 'NaN'", _frame(type="join", room="hostile.num", since="NaN", ref=15), BAD, 15),
+        *history_numbers(),
         # long strings, just under max_frame_bytes
         ("room of 65,000 characters", _frame(type="join", room="a" * 65_000, ref=16), {"error:invalid_room"}, 16),
         (
@@ -364,6 +370,7 @@ def extreme_cases() -> list[tuple[str, bytes, set[str] | None, Any]]:
         "leave": ["room"],
         "publish": ["room", "data"],
         "refresh": ["token"],
+        "history": ["room"],
     }
     sample = {"token": "x.y.z", "room": "hostile.shape", "data": 1}
     for kind, names in required.items():
@@ -384,6 +391,42 @@ def extreme_cases() -> list[tuple[str, bytes, set[str] | None, Any]]:
             (f"publish with id={wrong!r}", _frame(type="publish", room="hostile.shape", data=1, id=wrong), BAD, None)
         )
     return cases
+
+
+def history_numbers() -> list[tuple[str, bytes, set[str] | None, Any]]:
+    """`last` of a join, `before` and `limit` of a history request: every number that is not an
+    integer in range (PROTOCOL.md 9.12), each with its ref; the bounds themselves are answered."""
+    out: list[tuple[str, bytes, set[str] | None, Any]] = []
+    bad = [b"0", b"-1", b"-0", b"1.5", b"1.0", b"1e2", b"1e400", b"-1e400", b"1" + b"0" * 400]
+    bad += [b"9223372036854775808", b"18446744073709551616", b'"1"', b'"NaN"', b"true", b"false", b"[]", b"{}"]
+    for kind, field in (("join", "last"), ("history", "before"), ("history", "limit")):
+        room = f"hostile.{field}"
+        for i, literal in enumerate(bad):
+            ref = f"{field}-{i}"
+            text = b'{"type":"%s","room":"%s","%s":%s,"ref":"%s"}' % (
+                kind.encode(),
+                room.encode(),
+                field.encode(),
+                literal,
+                ref.encode(),
+            )
+            out.append((f"{kind} {field} {literal[:20]!r}", text, BAD, ref))
+    # Above the node's max_history_page (100) but within the schema's ceiling: bad_request too.
+    out.append(("join last 101", _frame(type="join", room="hostile.last.big", last=101, ref="l101"), BAD, "l101"))
+    out.append(("history limit 101", _frame(type="history", room=ROOM, limit=101, ref="h101"), BAD, "h101"))
+    # The bounds: answered.
+    out.append(("join last 100", _frame(type="join", room="hostile.last.ok", last=100, ref="l100"), {"joined"}, "l100"))
+    out.append(("history limit 100", _frame(type="history", room=ROOM, limit=100, ref="h100"), {"history"}, "h100"))
+    out.append(("history before 1", _frame(type="history", room=ROOM, before=1, ref="b1"), {"history"}, "b1"))
+    out.append(
+        ("history before 2**63-1", _frame(type="history", room=ROOM, before=2**63 - 1, ref="bmax"), {"history"}, "bmax")
+    )
+    invalid = _frame(type="history", room="a.*", ref="hr")
+    out.append(("history of an invalid room", invalid, {"error:invalid_room"}, "hr"))
+    # null is "absent", as for every optional field (schemas/PROTOCOL.md 9.1).
+    null = b'{"type":"history","room":"hostile.n","limit":null,"before":null,"ref":"hn"}'
+    out.append(("history null limit and before", null, {"history"}, "hn"))
+    return out
 
 
 async def test_extreme_frames_get_one_valid_reply_on_an_open_connection(hostile: Hostile, cases: Cases) -> None:
@@ -426,4 +469,61 @@ async def test_http_publish_bodies_of_wrong_shapes(hostile: Hostile, cases: Case
                 elif response.status == 400 and json.loads(text).get("code") != "bad_request":
                     failures.append(f"{name}: {text[:200]}")
     cases.note("check_after_http", await hostile.check("JSON frames (HTTP bodies)"))
+    assert not failures, "\n".join(failures)
+
+
+HISTORY_QUERIES = [
+    "before=1e400",
+    "before=" + "9" * 400,
+    "limit=" + "1" * 21,
+    "before=9223372036854775808",
+    "before=18446744073709551616",
+    "limit=NaN",
+    "limit=Infinity",
+    "limit=-0",
+    "limit=0",
+    "before=0",
+    "limit=%00",
+    "limit=1%00",
+    "limit=%EF%BC%91",  # FULLWIDTH DIGIT ONE
+    "limit=%D9%A1",  # ARABIC-INDIC DIGIT ONE
+    "limit=%FF",
+    "limit=%",
+    "limit=1;limit=2",
+    "limit=1&limit=1",
+    "before=5&before=",
+    "limit=+5",
+    "limit=%2B5",
+    "limit=%205",
+    "limit=5%20",
+    "limit=0x10",
+    "limit=1_0",
+    "limit=true",
+    "limit=[1]",
+    "limit=101",
+    "before=" + "1" * 8000,
+]
+"""Query strings of GET /v1/rooms/<room>/messages that must get 400 `bad_request`."""
+
+
+async def test_http_history_queries_of_wrong_shapes(hostile: Hostile, cases: Cases) -> None:
+    """GET /v1/rooms/<room>/messages with `before` and `limit` of every wrong shape: 400 with a
+    JSON `bad_request` body each time (never a 500), and the plain forms still answer 200."""
+    url = f"{hostile.http}/v1/rooms/{ROOM}/messages"
+    headers = {"Authorization": "Bearer " + token("hostile-http")}
+    failures = []
+    async with aiohttp.ClientSession() as http:
+        for query in HISTORY_QUERIES:
+            async with http.get(yarl.URL(f"{url}?{query}", encoded=True), headers=headers) as response:
+                text = await response.text()
+            cases.add()
+            if response.status != 400 or json.loads(text).get("code") != "bad_request":
+                failures.append(f"{query[:60]}: HTTP {response.status} {text[:200]}")
+        for query in ("", "limit=100", "before=1", "before=9223372036854775807&limit=1", "unknown=1e400"):
+            async with http.get(yarl.URL(f"{url}?{query}", encoded=True), headers=headers) as response:
+                body = await response.json() if response.status == 200 else await response.text()
+            cases.add()
+            if response.status != 200 or set(body) != {"room", "epoch", "messages", "more"}:
+                failures.append(f"{query!r}: HTTP {response.status} {str(body)[:200]}")
+    cases.note("check_after_http_history", await hostile.check("JSON frames (HTTP history queries)"))
     assert not failures, "\n".join(failures)

@@ -2,9 +2,10 @@
 
 Wildcards, `$JS.API` subjects, empty and dot-only segments, whitespace and
 control characters, unicode look-alike dots, fullwidth letters, names one
-past each limit, and values that are not strings, in `join`, `leave`,
-`publish` and the HTTP path: each is refused (`invalid_room`; `not_joined`
-for a leave; `bad_request` when the room is not a string; HTTP 400) and
+past each limit, and values that are not strings, in `join` (with and without
+`since` or `last`), `leave`, `publish`, `history` and the HTTP paths (publish
+and history page): each is refused (`invalid_room`; `not_joined` for a leave;
+`bad_request` when the room is not a string; HTTP 400) and
 reaches no subject. A NATS connection listening on `>` meanwhile sees no
 publish on any subject a valid room cannot name, and the stream is intact.
 """
@@ -106,6 +107,9 @@ async def test_hostile_room_names_are_refused_everywhere(hostile: Hostile, cases
             for kind, fields, expect in (
                 ("join", {"room": name}, _expect_join(name)),
                 ("join with since", {"room": name, "since": 0}, _expect_join(name)),
+                ("join with last", {"room": name, "last": 5}, _expect_join(name)),
+                ("history", {"room": name}, _expect_join(name)),
+                ("history with before", {"room": name, "before": 10, "limit": 3}, _expect_join(name)),
                 ("leave", {"room": name}, _expect_leave(name)),
                 ("publish", {"room": name, "data": {"x": 1}}, _expect_join(name)),
                 ("publish with id", {"room": name, "data": 1, "id": "k"}, _expect_join(name)),
@@ -122,6 +126,11 @@ async def test_hostile_room_names_are_refused_everywhere(hostile: Hostile, cases
             cases.add()
             if problem is not None:
                 failures.append(f"join of the valid {name!r}: {problem}")
+            frame = {"type": "history", "room": name, "ref": 2}
+            problem = judge(await probe.exchange(json.dumps(frame).encode()), {"history"}, 2)
+            cases.add()
+            if problem is not None:
+                failures.append(f"history of the valid {name!r}: {problem}")
         failures += await _http(hostile, cases)
         await hostile.nc.flush()
         await asyncio.sleep(0.5)
@@ -150,21 +159,24 @@ async def test_hostile_room_names_are_refused_everywhere(hostile: Hostile, cases
 
 
 async def _http(hostile: Hostile, cases: Cases) -> list[str]:
-    """POST /v1/rooms/<name>/messages with the name percent-encoded: 400 invalid_room, or 404 if unroutable."""
+    """POST and GET /v1/rooms/<name>/messages (publish, history page) with the name
+    percent-encoded: 400 invalid_room, or 404 if unroutable."""
     failures = []
     headers = {"Authorization": "Bearer " + token("hostile-http"), "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as http:
         for name in HOSTILE_NAMES:
             quoted = urllib.parse.quote(name, safe="")
             url = URL(f"{hostile.http}/v1/rooms/{quoted}/messages", encoded=True)
-            async with http.post(url, data=b'{"x":1}', headers=headers) as response:
-                body = await response.text()
-            cases.add()
-            # An empty segment, `.`, `..` or an encoded `/` cannot name the route at all.
-            unroutable = name in ("", ".", "..") or "/" in name
-            if response.status == 400 and json.loads(body).get("code") == "invalid_room":
-                continue
-            if response.status == 404 and unroutable:
-                continue
-            failures.append(f"HTTP {name!r}: {response.status} {body[:200]}")
+            for method in ("POST", "GET"):
+                data = b'{"x":1}' if method == "POST" else None
+                async with http.request(method, url, data=data, headers=headers) as response:
+                    body = await response.text()
+                cases.add()
+                # An empty segment, `.`, `..` or an encoded `/` cannot name the route at all.
+                unroutable = name in ("", ".", "..") or "/" in name
+                if response.status == 400 and json.loads(body).get("code") == "invalid_room":
+                    continue
+                if response.status == 404 and unroutable:
+                    continue
+                failures.append(f"HTTP {method} {name!r}: {response.status} {body[:200]}")
     return failures
