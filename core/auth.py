@@ -8,6 +8,7 @@ source (core.keys); `none` is never accepted. `exp` and `sub` are required,
 from __future__ import annotations
 
 import functools
+import json
 import re
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import jwt
 
 from core.keys import ASYMMETRIC, JwksCache, KeyUnavailable, pem_algorithm
-from core.rooms import InvalidRoom, RoomRights
+from core.rooms import NO_RIGHTS, InvalidRoom, RoomRights
 from core.settings import Settings
 
 ALLOWED_ALGORITHMS = ("HS256", *ASYMMETRIC)
@@ -37,21 +38,37 @@ class AuthError(Exception):
 class Principal:
     """An authenticated client: its subject, token expiry and room rights."""
 
-    __slots__ = ("admin", "exp", "join", "publish", "sub")
+    __slots__ = ("admin", "exp", "info", "join", "presence", "publish", "sub")
 
-    def __init__(self, sub: str, exp: int, join: RoomRights, publish: RoomRights, admin: bool = False) -> None:
+    def __init__(
+        self,
+        sub: str,
+        exp: int,
+        join: RoomRights,
+        publish: RoomRights,
+        admin: bool = False,
+        presence: RoomRights = NO_RIGHTS,
+        info: bytes | None = None,
+    ) -> None:
         self.sub = sub
         self.exp = exp
         self.join = join
         self.publish = publish
         self.admin = admin
         """The token's `admin` claim is `true`: it may use the operator endpoints."""
+        self.presence = presence
+        """`rooms.presence`: the rooms whose presence it may read (`who`, `presence` events)."""
+        self.info = info
+        """The `info` claim, as JSON (at most MAX_INFO_BYTES): the public details shown in presence."""
 
     def can_join(self, room: str) -> bool:
         return self.join.allows(room)
 
     def can_publish(self, room: str) -> bool:
         return self.publish.allows(room)
+
+    def can_see_presence(self, room: str) -> bool:
+        return self.presence.allows(room)
 
 
 class TokenVerifier:
@@ -167,7 +184,42 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if not isinstance(rooms, dict):
         raise AuthError("claim rooms must be an object", "claims")
     admin = claims.get("admin") is True
-    return Principal(sub, int(exp), _patterns(rooms, "join", sub), _patterns(rooms, "publish", sub), admin)
+    return Principal(
+        sub,
+        int(exp),
+        _patterns(rooms, "join", sub),
+        _patterns(rooms, "publish", sub),
+        admin,
+        _patterns(rooms, "presence", sub),
+        _info(claims.get("info")),
+    )
+
+
+MAX_INFO_BYTES = 1024
+"""Largest `info` claim, as compact JSON (PROTOCOL.md section 10)."""
+MAX_INFO_DEPTH = 8
+"""Deepest nesting of objects and arrays in `info`: presence copies it to every watcher."""
+
+
+def _info(value: Any) -> bytes | None:
+    """The `info` claim as compact JSON, or an AuthError saying what is wrong with it."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise AuthError("claim info must be a JSON object", "claims")
+    if _depth(value) > MAX_INFO_DEPTH:
+        raise AuthError(f"claim info is nested deeper than {MAX_INFO_DEPTH} levels", "claims")
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(encoded) > MAX_INFO_BYTES:
+        raise AuthError(f"claim info is {len(encoded)} bytes as JSON; at most {MAX_INFO_BYTES}", "claims")
+    return encoded
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_INFO_DEPTH:
+        return level
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return max((_depth(child, level + 1) for child in children if isinstance(child, dict | list)), default=level)
 
 
 def make_token(
@@ -176,10 +228,14 @@ def make_token(
     join: list[str],
     publish: list[str],
     ttl: float = 3600.0,
+    presence: list[str] | None = None,
     **claims: Any,
 ) -> str:
     """An HS256 token with room rights, for development and tests."""
     now = int(time.time())
-    payload = {"sub": sub, "iat": now, "exp": now + int(ttl), "rooms": {"join": join, "publish": publish}}
+    rooms: dict[str, list[str]] = {"join": join, "publish": publish}
+    if presence is not None:
+        rooms["presence"] = presence
+    payload = {"sub": sub, "iat": now, "exp": now + int(ttl), "rooms": rooms}
     payload.update(claims)
     return jwt.encode(payload, secret, algorithm="HS256")

@@ -113,3 +113,7 @@ class RoomRights:
 
     def allows(self, room: str) -> bool:
         return any(pattern.matches(room) for pattern in self.patterns)
+
+
+NO_RIGHTS = RoomRights(())
+"""Allows nothing: a token without the claim, or a setting left empty."""

@@ -39,6 +39,10 @@ def state(node: Node) -> dict[str, object]:
             "reconnects": node.broker.reconnects,
         },
         "top_rooms": [{"room": name, "members": len(room)} for name, room in rooms],
+        "presence": [
+            {"room": room, "users": users, "connections": connections}
+            for room, users, connections in node.presence.top_rooms(TOP)
+        ],
         "fullest_outboxes": [
             {
                 "session": conn.session,

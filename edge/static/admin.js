@@ -54,6 +54,7 @@ function render(state) {
   nats.className = state.nats.connected ? "ok" : "bad";
   $("t-reconnects").textContent = `${state.nats.reconnects} reconnects`;
   fill($("rooms"), state.top_rooms.map((r) => [[r.room], [r.members.toLocaleString(), true]]), 2);
+  fill($("presence"), state.presence.map((r) => [[r.room], [r.users.toLocaleString(), true], [r.connections.toLocaleString(), true]]), 3);
   fill(
     $("outboxes"),
     state.fullest_outboxes.map((c) => [[c.session], [c.sub], [bytes(c.pending_bytes), true], [c.rooms, true], [`${Math.round(c.age_s)} s`, true]]),
