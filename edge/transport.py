@@ -26,7 +26,7 @@ the frames of `POST /v1/stream/<session>` reach the session's `receive_text`.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge.framing import Framing
 from schemas import Disconnect
@@ -54,3 +54,23 @@ class Transport(Protocol):
     async def drained(self, level: int, timeout: float) -> bool:
         """Wait until at most `level` bytes are unread by the peer; False at the deadline or when lost."""
         ...
+
+
+async def socket_drained(socket: asyncio.Transport, level: int, timeout: float) -> bool:
+    """Until at most `level` bytes wait in `socket`'s write buffer; False at the deadline or when lost.
+
+    An event, not a poll: the transport pauses its protocol above `high` and resumes it at
+    `high // 4`, and the resume is the sign that the peer read enough (aiohttp's protocol
+    exposes it as `_drain_helper()`). Both adapters' sockets are aiohttp's.
+    """
+    if socket.get_write_buffer_size() <= level:
+        return not socket.is_closing()
+    protocol: Any = socket.get_protocol()
+    socket.set_write_buffer_limits(high=max(level, 1))
+    try:
+        async with asyncio.timeout(timeout):
+            while socket.get_write_buffer_size() > level and not socket.is_closing():
+                await protocol._drain_helper()
+    except (TimeoutError, ConnectionError):
+        return False
+    return not socket.is_closing()

@@ -11,12 +11,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
 import jwt
 import nats
 
 from core.embedded import free_port
 from tests.conftest import connect, refused_connect
 from tests.edge.devserver import JETSOCK
+from tests.edge.sse import open_stream
 
 
 async def start_cluster(workdir: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
@@ -51,6 +53,7 @@ async def test_cluster_prints_its_own_secret_and_refuses_anonymous_nats(tmp_path
         assert jwt.decode(token.group(1), secret.group(1), algorithms=["HS256"])["sub"] == "dev-user"
         client = await connect(f"ws://127.0.0.1:{port}/ws", tok=token.group(1))
         await client.close()
+        await stream_through_the_cluster(port, token.group(1))
         url = nats_urls.group(1).split(",")[0]
         refused = await refused_connect(url)
         assert isinstance(refused, nats.errors.Error) and "authorization" in str(refused).lower(), refused
@@ -63,3 +66,20 @@ async def test_cluster_prints_its_own_secret_and_refuses_anonymous_nats(tmp_path
     finally:
         os.killpg(process.pid, signal.SIGINT)
         assert await asyncio.to_thread(process.wait, 60) == 0
+
+
+async def stream_through_the_cluster(port: int, token: str) -> None:
+    """An HTTP stream (PROTOCOL.md 11) through the cluster's HAProxy: posts on fresh connections go
+    round robin to both edges, and every one reaches the session, wherever it lives (NATS with
+    deploy/nats-server.conf's edge user between them)."""
+    stream = await open_stream(f"http://127.0.0.1:{port}", tok=token)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for ref in range(6):
+                url = f"http://127.0.0.1:{port}/v1/stream/{stream.session}"
+                body = {"type": "ping", "ref": ref}
+                async with http.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 204, (ref, r.status, await r.text())
+                assert await stream.expect("pong") == {"type": "pong", "ref": ref}
+    finally:
+        await stream.close()

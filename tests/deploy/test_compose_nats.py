@@ -236,3 +236,31 @@ async def test_edge_with_the_edge_user_delivers_a_backends_publish(compose_nats:
         assert stream.config.num_replicas == 3 and stream.state.messages >= 1
     finally:
         await checker.close()
+
+
+async def test_two_edges_with_the_edge_user_route_http_stream_posts(compose_nats: list[Server]) -> None:
+    """A stream session's posts may reach any edge: the edge user may request, follow and
+    answer `jetsock.stream.>` (PROTOCOL.md section 11, core/streamroute.py)."""
+    from tests.edge.sse import bearer, open_stream
+
+    edges = []
+    for i, server in enumerate(compose_nats[:2]):
+        settings = edge_settings(
+            server.url, nats_user="edge", nats_password=PASSWORDS["EDGE_PASSWORD"], replicas=3, node=f"compose-{i}"
+        )
+        edges.append(await Edge(settings, settings.nats_servers).start())
+    owner, other = edges
+    stream = await open_stream(owner.http, frames=[{"type": "join", "room": "compose.stream"}])
+    try:
+        assert (await stream.expect("joined", timeout=10))["room"] == "compose.stream"
+        assert (
+            await stream.post({"type": "publish", "room": "compose.stream", "data": 1, "ref": 1}, base=other.http)
+            == 204
+        )
+        got = {frame["type"]: frame for frame in [await stream.recv(), await stream.recv()]}
+        assert got["ack"]["ref"] == 1 and got["msg"]["seq"] == got["ack"]["seq"]
+        assert await stream.post({"type": "ping"}, base=other.http, auth=bearer("mallory")) == 403
+    finally:
+        await stream.close()
+        for edge in edges:
+            await edge.stop()
