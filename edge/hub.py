@@ -128,7 +128,7 @@ class Hub:
                 framing = group.framing
                 frame = frames.get(framing)
                 if frame is None:
-                    frame = frames[framing] = framing.frame(payload)
+                    frame = frames[framing] = framing.message(payload)
                 group.batch = self._flusher.fanout(outboxes, frame, group.batch)
                 members += len(outboxes)
             self.deliveries += members
@@ -142,7 +142,7 @@ class Hub:
                 continue  # overflowed or closing: it leaves the room on the next pass
             frame = frames.get(framing)
             if frame is None:
-                frame = frames[framing] = framing.frame(payload)
+                frame = frames[framing] = framing.message(payload)
             if seam.offer(seq, frame):
                 # Caught up: live from this very message (the group fan-out below sends it).
                 self._go_live(hub, member, framing)

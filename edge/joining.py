@@ -74,6 +74,7 @@ async def join(
     replayed = replay.count if replay is not None else 0
     conn.send(Joined(room=room, epoch=head.epoch, seq=head.seq, recovered=recovered, replayed=replayed, ref=ref))
     node.metrics.joins.add(1)
+    node.presence.joined(conn, room)
     if since is not None:
         node.metrics.replays.add(1, RECOVERED if recovered else NOT_RECOVERED)
     if replay is None and not seam.held:
@@ -93,7 +94,7 @@ def _abandon(node: Node, conn: Connection, room: str, seam: JoinSeam) -> None:
 async def send_backlog(node: Node, conn: Connection, room: str, seam: JoinSeam, replay: Replay | None) -> None:
     """Replayed, then held messages, then live; stops if the member leaves or the session closes."""
     hub = node.hub
-    frame = conn.transport_adapter.framing.frame
+    frame = conn.transport_adapter.framing.message
     try:
         if replay is not None:
             async for batch in replay.batches():

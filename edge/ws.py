@@ -17,10 +17,18 @@ not answer within `close_timeout` (it may not even be reading) is dropped.
 After a framing error the stream cannot be read any more: the socket is
 closed as soon as the close frame is flushed, with the same deadline.
 
+permessage-deflate (edge/deflate.py): when the client's offer is taken, the
+response answers it and its frame reader is aiohttp's pure-Python one with
+its inflater dropped after each message (`StatelessInflateReader`); aiohttp
+itself is told `compress=False`, so it negotiates and compresses nothing.
+
 aiohttp internals relied on (pinned in pyproject.toml, run against the newest
 aiohttp by `make test`): the response's reader queue (`_reader`, whose
 `read()` returns messages and raises `EofStream` or `WebSocketError`), and
-its protocol's `_drain_helper()` (the event for "the socket drained").
+its protocol's `_drain_helper()` (the event for "the socket drained"); for
+permessage-deflate, `WebSocketResponse._post_start` and the pure-Python
+reader's `_handle_frame`, `_max_msg_size` and `_decompressobj`
+(tests/edge/test_deflate.py guards them).
 """
 
 from __future__ import annotations
@@ -32,17 +40,21 @@ import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp._websocket import reader_py
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.http_websocket import WebSocketError
 from aiohttp.streams import EofStream
 
 from edge.admission import source_of
 from edge.connection import Connection
+from edge.deflate import ACCEPTED, accepts
 from edge.framing import WEBSOCKET_TEXT, Framing
 from edge.httperrors import handshake_refused
 from edge.node import Node
 from edge.origin import origin_allowed
 from edge.session import NODE_KEY, auth_timed_out, authenticate, authenticate_frame, receive_text
 from edge.state import State
+from edge.transport import socket_drained
 from edge.wsframe import close_frame, pong_frame
 from schemas import CloseCode, Disconnect, Disconnects, FramingCloseCode
 
@@ -86,11 +98,12 @@ def _offered_bearer(request: web.Request) -> str | None:
 class WebSocketTransport:
     """One WebSocket's socket, as the session's transport (edge/transport.py)."""
 
-    __slots__ = ("_deadline", "socket")
-    framing: Framing = WEBSOCKET_TEXT
+    __slots__ = ("_deadline", "framing", "socket")
 
-    def __init__(self, socket: asyncio.Transport) -> None:
+    def __init__(self, socket: asyncio.Transport, framing: Framing = WEBSOCKET_TEXT) -> None:
         self.socket = socket
+        self.framing = framing
+        """Plain text frames, or the node's permessage-deflate framing when it was negotiated."""
         self._deadline: asyncio.TimerHandle | None = None
         """Set once the close frame is written: drops the socket when the closing handshake is late."""
 
@@ -130,20 +143,48 @@ class WebSocketTransport:
             self._deadline = None
 
     async def drained(self, level: int, timeout: float) -> bool:
-        socket = self.socket
-        if socket.get_write_buffer_size() <= level:
-            return not socket.is_closing()
-        protocol: Any = socket.get_protocol()
-        # The transport pauses its protocol above `high` and resumes it at `high // 4`: the
-        # resume is the event that the client read enough.
-        socket.set_write_buffer_limits(high=max(level, 1))
+        return await socket_drained(self.socket, level, timeout)
+
+
+class StatelessInflateReader(reader_py.WebSocketReader):
+    """aiohttp's frame reader (the pure-Python one, whose state can be reached) for connections
+    that negotiated permessage-deflate: it inflates each compressed message with its output
+    bounded by max_msg_size while inflating (aiohttp's `decompress_sync(max_length)`), then drops
+    the inflater, so no compression state outlives a message (edge/deflate.py)."""
+
+    def _handle_frame(self, fin: bool, opcode: int, payload: bytes | bytearray, compressed: int) -> None:
+        if not compressed:
+            super()._handle_frame(fin, opcode, payload, compressed)
+            return
+        # aiohttp refuses a plain message of max_msg_size bytes or more but an inflated one only
+        # past max_msg_size: one byte lower while inflating makes both stop past max_frame_bytes.
+        limit = self._max_msg_size
+        self._max_msg_size = max(limit - 1, 1) if limit else 0
         try:
-            async with asyncio.timeout(timeout):
-                while socket.get_write_buffer_size() > level and not socket.is_closing():
-                    await protocol._drain_helper()
-        except (TimeoutError, ConnectionError):
-            return False
-        return not socket.is_closing()
+            super()._handle_frame(fin, opcode, payload, compressed)
+        finally:
+            self._max_msg_size = limit
+        if fin:
+            self._decompressobj = None
+
+
+class InflatingResponse(web.WebSocketResponse):
+    """The upgrade's response when the client's permessage-deflate offer was taken: as aiohttp's
+    `_post_start`, with the frame reader above (aiohttp is told compress=False, so it neither
+    negotiates nor compresses anything itself: the edge writes every frame)."""
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        loop = self._loop
+        assert loop is not None
+        self._reader = reader_py.WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+        self._parser = StatelessInflateReader(
+            self._reader, self._max_msg_size, compress=True, decode_text=self._decode_text
+        )
+        request.protocol.set_parser(self._parser, data_received_cb=None)
+        request.protocol.keep_alive(False)
 
 
 def _refusal(node: Node, request: web.Request) -> web.Response | None:
@@ -167,9 +208,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return refusal
     # The request head is in: the socket now waits for its token (edge/admission.py).
     node.admission.request_head(request.transport, upgrade=True)
-    ws = web.WebSocketResponse(
+    compressed = node.settings.compression and accepts(request.headers.getall("Sec-WebSocket-Extensions", []))
+    response = InflatingResponse if compressed else web.WebSocketResponse
+    ws = response(
         protocols=_PROTOCOLS, compress=False, autoping=False, max_msg_size=node.max_msg_size, decode_text=False
     )
+    if compressed:
+        ws.headers["Sec-WebSocket-Extensions"] = ACCEPTED
     try:
         await ws.prepare(request)
     except web.HTTPBadRequest:
@@ -177,7 +222,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return handshake_refused(request)
     socket = request.transport
     assert socket is not None
-    adapter = WebSocketTransport(socket)  # type: ignore[arg-type]
+    adapter = WebSocketTransport(socket, node.deflate if compressed else WEBSOCKET_TEXT)
     conn = Connection(node, secrets.token_urlsafe(12), adapter)
     node.open(conn)
     reader = ws._reader
@@ -221,10 +266,12 @@ async def _read(node: Node, conn: Connection, adapter: WebSocketTransport, reade
             return True
         except WebSocketError as exc:
             conn.close(_READER_ERRORS.get(exc.code, Disconnects.PROTOCOL_ERROR))
+            _forget(exc)
             break
-        except Exception as exc:  # anything else the reader raises ends the stream too
+        except Exception as exc:  # anything else the reader raises ends the stream too (zlib.error: 1002)
             log.debug("reader of %s failed: %s", conn.session, exc)
             conn.close(Disconnects.PROTOCOL_ERROR)
+            _forget(exc)
             break
         kind = message.type
         state = conn.state
@@ -258,6 +305,18 @@ async def _read(node: Node, conn: Connection, adapter: WebSocketTransport, reade
     return True
 
 
+def _forget(exc: BaseException) -> None:
+    """Drop the tracebacks of the reader's error (and what it chained). Their frames hold what the
+    reader was parsing when it failed (the socket's last read, a frame's payload, an inflated
+    bomb's output: hundreds of KB) in a cycle with the reader, which keeps the error; the node
+    freezes the collector's survivors (edge/memory.py), so such cycles would stay until its next
+    full collection, a thousand closes later, and a flood of bad frames would hold them all."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        seen.__traceback__ = None
+        seen = seen.__cause__ or seen.__context__
+
+
 async def _read_closing(adapter: WebSocketTransport, reader: Any) -> bool:
     """After a close before the read loop: wait for the client's close frame or the socket to go."""
     while True:
@@ -265,7 +324,8 @@ async def _read_closing(adapter: WebSocketTransport, reader: Any) -> bool:
             message = await reader.read()
         except EofStream:
             return True
-        except Exception:
+        except Exception as exc:
+            _forget(exc)
             adapter.end()
             return False
         if message.type is WSMsgType.CLOSE:

@@ -1,8 +1,9 @@
 """Server-to-client WebSocket frames as bytes (RFC 6455 section 5.2).
 
-Frames from a server are not masked, and jetsock negotiates no compression,
-so a frame is a fixed function of its payload: a room message is framed once
-and the same bytes go to every member's socket.
+Frames from a server are not masked, and compression keeps no context
+(edge/deflate.py), so a frame is a fixed function of its payload: a room
+message is framed (and compressed) once and the same bytes go to every
+member's socket that uses that framing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import struct
 
 _FIN_TEXT = 0x81
+_FIN_TEXT_COMPRESSED = 0xC1
+"""FIN, RSV1 (RFC 7692: "Per-Message Compressed"), opcode text."""
 _FIN_PING = 0x89
 _FIN_PONG = 0x8A
 
@@ -27,6 +30,11 @@ def _header(first: int, length: int) -> bytes:
 def text_frame(payload: bytes) -> bytes:
     """A complete, final text frame carrying `payload` (UTF-8 JSON)."""
     return _header(_FIN_TEXT, len(payload)) + payload
+
+
+def compressed_text_frame(deflated: bytes) -> bytes:
+    """A final text frame whose payload is a permessage-deflate compressed message (RSV1 set)."""
+    return _header(_FIN_TEXT_COMPRESSED, len(deflated)) + deflated
 
 
 def pong_frame(payload: bytes) -> bytes:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 
 OP_CONT = 0x0
@@ -54,11 +55,36 @@ def _mask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
 
 
+def deflate(payload: bytes, level: int = 6) -> bytes:
+    """`payload` as one permessage-deflate message (RFC 7692 7.2.1: sync flush, its 4-byte tail dropped)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+def inflate(data: bytes) -> bytes:
+    """A permessage-deflate message's payload, inflated on its own (no context takeover)."""
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data + b"\x00\x00\xff\xff")
+
+
 @dataclass
 class Frame:
     fin: bool
     opcode: int
     payload: bytes
+    rsv: int = 0
+    """RSV1..RSV3 as three bits (RSV1 = 4: permessage-deflate's "compressed", RFC 7692)."""
+    raw: bytes = b""
+    """The frame's bytes as they came off the socket, header included."""
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.rsv & 4)
+
+    def text(self) -> bytes:
+        """The message's payload, inflated when RSV1 is set (no context takeover: each stands alone)."""
+        return inflate(self.payload) if self.compressed else self.payload
 
     @property
     def close_code(self) -> int | None:
@@ -112,6 +138,15 @@ class RawWS:
     def upgraded(self) -> bool:
         return self.status == 101
 
+    def header(self, name: str) -> str | None:
+        """A header of the upgrade's answer (the first one of that name), or None."""
+        wanted = name.lower().encode()
+        for line in self.response_head.split(b"\r\n")[1:]:
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == wanted:
+                return value.strip().decode("latin-1")
+        return None
+
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
@@ -128,14 +163,17 @@ class RawWS:
             async with asyncio.timeout(timeout):
                 head = await self.reader.readexactly(2)
                 fin, opcode, length = bool(head[0] & 0x80), head[0] & 0x0F, head[1] & 0x7F
+                extended = b""
                 if length == 126:
-                    (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+                    extended = await self.reader.readexactly(2)
+                    (length,) = struct.unpack("!H", extended)
                 elif length == 127:
-                    (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+                    extended = await self.reader.readexactly(8)
+                    (length,) = struct.unpack("!Q", extended)
                 payload = await self.reader.readexactly(length) if length else b""
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
-        return Frame(fin, opcode, payload)
+        return Frame(fin, opcode, payload, (head[0] >> 4) & 0x7, head + extended + payload)
 
     async def until_close(self, timeout: float = 10.0) -> tuple[int | None, list[Frame]]:
         """Read until the server's close frame (its code) or end of stream (None); the frames before it."""
