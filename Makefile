@@ -41,7 +41,7 @@ test: $(STAMP) system-deps $(JS_DEPS)
 LATEST := .venv-latest
 GUARDS := tests/core/test_feed.py tests/core/test_natsconn.py tests/core/test_natsconn_pong.py \
 	tests/edge/test_stall.py tests/edge/test_http_errors.py \
-	tests/edge/test_transitions.py tests/edge/test_outbox.py
+	tests/edge/test_transitions.py tests/edge/test_outbox.py tests/edge/test_deflate.py
 test-latest: $(STAMP)
 	test -d $(LATEST) || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip

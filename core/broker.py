@@ -199,6 +199,9 @@ class Broker:
                     reconnected_cb=self._on_reconnected,
                     disconnected_cb=self._on_disconnected,
                     error_cb=self._on_error,
+                    # Nothing this connection publishes is for itself (presence ignores its own, a
+                    # stream post for a local session never crosses NATS): the server need not echo it.
+                    no_echo=True,
                     **connect_options(settings),
                 ),
                 settings.nats_connect_timeout,

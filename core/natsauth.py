@@ -19,26 +19,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.embedded import EmbeddedNats
+from core.presencebus import PREFIX as PRESENCE_PREFIX
 from core.rooms import LIVE_SUBJECT_PREFIX, ROOM_SUBJECT_PREFIX
+from core.streamroute import PREFIX as STREAM_ROUTE_PREFIX
 
 EDGE_USER = "edge"
 ACCOUNT = "JETSOCK"
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 
+PRESENCE_SUBJECTS = PRESENCE_PREFIX + ">"
+"""Presence between edges (core/presencebus.py): each edge publishes and subscribes there."""
+STREAM_SUBJECTS = STREAM_ROUTE_PREFIX + ">"
+"""Frames posted to an HTTP stream session on another node (core/streamroute.py): an edge requests
+there, subscribes to its own sessions' subjects, and answers (hence `allow_responses`)."""
+
+
 def edge_publish(stream: str) -> list[str]:
-    """Subjects an edge publishes to: room messages, and the JetStream API of its own stream only."""
+    """Subjects an edge publishes to: room messages, the JetStream API of its own stream only,
+    presence between edges, and frames for stream sessions on other edges."""
     return [
         ROOM_SUBJECT_PREFIX + ">",
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.CREATE.{stream}",
         f"$JS.API.STREAM.UPDATE.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
+        PRESENCE_SUBJECTS,
+        STREAM_SUBJECTS,
     ]
 
 
-EDGE_SUBSCRIBE = [LIVE_SUBJECT_PREFIX + ">", "_INBOX.>"]
-"""The stream's RePublish, and replies (PubAcks, stream info, direct-get batches)."""
+EDGE_SUBSCRIBE = [LIVE_SUBJECT_PREFIX + ">", "_INBOX.>", PRESENCE_SUBJECTS, STREAM_SUBJECTS]
+"""The stream's RePublish, replies (PubAcks, stream info, direct-get batches), presence, and frames
+posted for this edge's stream sessions."""
 
 
 def _quoted(values: list[str]) -> str:
@@ -63,6 +76,8 @@ accounts {{
         permissions: {{
           publish: {{ allow: [{_quoted(edge_publish(stream))}] }}
           subscribe: {{ allow: [{_quoted(EDGE_SUBSCRIBE)}] }}
+          # One answer to each request received: a stream post's ok/gone/forbidden.
+          allow_responses: true
         }}
       }}
     ]

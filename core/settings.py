@@ -165,12 +165,61 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     history_page_bytes: Annotated[
         int,
         _doc(
-            "Most bytes of messages in one history page or `last` replay batch; a page that would be larger is"
-            " cut to its newest messages and says `more: true`."
+            "Most bytes of messages in one history page; a page that would be larger is cut to its newest"
+            " messages and says `more: true` (a join's `last` replay is paced like any replay instead)."
         ),
     ] = 262144
     history_rate: Annotated[float, _doc("History requests per second per connection (refill rate).")] = 10.0
     history_burst: Annotated[int, _doc("History requests a connection may send at once.")] = 20
+    presence_rooms: Annotated[
+        str,
+        _doc(
+            "Comma-separated room patterns whose presence is kept (NATS wildcards: `*` one segment, `>` the rest);"
+            " empty: no room."
+        ),
+    ] = ""
+    presence_ttl: Annotated[
+        float, _doc("Seconds after which a node not heard from is taken out of presence with its connections.")
+    ] = 30.0
+    presence_interval: Annotated[
+        float, _doc("Seconds over which presence events of a room are coalesced into one `presence` frame.")
+    ] = 1.0
+    max_presence_list: Annotated[int, _doc("Most members listed by `who` (then `truncated: true`).")] = 1000
+    presence_events_max_members: Annotated[
+        int,
+        _doc(
+            "Above this many present users a room sends no `presence` events (only `who` and counts answer):"
+            " events to every member of a huge room cost more than they tell."
+        ),
+    ] = 1000
+    presence_frame_bytes: Annotated[
+        int, _doc("Most bytes of one `presence` frame; more changes in one interval are split over several frames.")
+    ] = 65536
+    who_rate: Annotated[float, _doc("`who` requests per second per connection (refill rate).")] = 10.0
+    who_burst: Annotated[int, _doc("`who` requests a connection may send at once.")] = 20
+    stream_post_bytes: Annotated[
+        int, _doc("Largest body of a POST to /v1/stream or /v1/stream/<session> (a frame or an array of frames).")
+    ] = 262144
+    stream_post_frames: Annotated[int, _doc("Most frames in one POST to an HTTP stream session.")] = 100
+    stream_post_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds a POST to a stream session may wait: while the session has max_requests_in_flight requests"
+            " running (past it, 503 and nothing taken: send it again), and for the answer of the node holding"
+            " the session over NATS (past it, 404: the client opens a new stream and resumes)."
+        ),
+    ] = 2.0
+    compression: Annotated[
+        bool,
+        _doc(
+            "Accept permessage-deflate (without context takeover) from clients that offer it; room messages"
+            " are then compressed once per node."
+        ),
+    ] = True
+    compress_min_bytes: Annotated[
+        int, _doc("Room messages smaller than this are sent uncompressed even to compressing clients.")
+    ] = 256
+    compress_level: Annotated[int, _doc("zlib level of the compressor (1 fastest to 9 smallest).")] = 6
     publish_rate: Annotated[float, _doc("Publishes per second per connection (refill rate).")] = 20.0
     publish_burst: Annotated[int, _doc("Publishes a connection may send at once.")] = 40
     rate_limit_strikes: Annotated[

@@ -13,10 +13,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from core.settings import Settings
-from edge import admin, headers, http_api, pages
+from edge import admin, headers, http_api, pages, stream
 from edge.httperrors import EdgeRunner, access_cause
 from edge.node import Node
 from edge.session import NODE_KEY
+from edge.stream import StreamSessions
 from edge.ws import websocket_handler
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ async def _request_answered(request: web.Request, response: web.StreamResponse) 
 def build_app(node: Node, servers: list[str]) -> web.Application:
     app = web.Application(client_max_size=node.settings.max_data_bytes + 1024)
     app[NODE_KEY] = node
+    node.streams = app[stream.STREAMS_KEY] = StreamSessions(node)
     app.on_response_prepare.append(headers.security_headers)
     app.on_response_prepare.append(_request_answered)
 
@@ -73,6 +75,9 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     app.router.add_get("/metrics", http_api.metrics)
     app.router.add_post("/v1/rooms/{room}/messages", http_api.publish)
     app.router.add_get("/v1/rooms/{room}/messages", http_api.get_messages)
+    app.router.add_get("/v1/rooms/{room}/presence", http_api.get_presence)
+    app.router.add_post("/v1/stream", stream.open_stream)
+    app.router.add_post("/v1/stream/{session}", stream.post_frames)
     app.router.add_post("/v1/subjects/{sub}/disconnect", http_api.disconnect)
     pages.add_routes(app)
     admin.add_routes(app)

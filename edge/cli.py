@@ -102,6 +102,9 @@ def _serve(argv: list[str]) -> int:
             dev_overrides["jwt_secret"] = dev_secret()
         if not settings.allowed_origins:
             dev_overrides["allowed_origins"] = DEV_ORIGINS
+        if not settings.presence_rooms:
+            # The demo lists who is online: presence for every room, unless set otherwise.
+            dev_overrides["presence_rooms"] = ">"
         settings = msgspec.structs.replace(settings, **dev_overrides)
     if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
         parser.error("set JETSOCK_JWT_SECRET (or --jwt-secret): client tokens cannot be verified without a key")

@@ -61,6 +61,7 @@ class Connection(Outbox):
         "_node",
         "_publish_bucket",
         "_warned",
+        "_who_bucket",
         "_work",
         "close_code",
         "counted_sub",
@@ -91,6 +92,7 @@ class Connection(Outbox):
         self._publish_bucket: TokenBucket | None = None
         self._join_bucket: TokenBucket | None = None
         self._history_bucket: TokenBucket | None = None
+        self._who_bucket: TokenBucket | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._work: InFlight | None = None
         self._warned = False
@@ -181,6 +183,13 @@ class Connection(Outbox):
             settings = self._node.settings
             self._history_bucket = TokenBucket(settings.history_rate, settings.history_burst, time.monotonic())
         return self._history_bucket
+
+    def who_bucket(self) -> TokenBucket:
+        """`who` requests: each answers up to max_presence_list members from memory."""
+        if self._who_bucket is None:
+            settings = self._node.settings
+            self._who_bucket = TokenBucket(settings.who_rate, settings.who_burst, time.monotonic())
+        return self._who_bucket
 
     @property
     def work(self) -> InFlight:

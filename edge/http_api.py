@@ -210,3 +210,23 @@ async def get_messages(request: web.Request) -> web.Response:
     except Unavailable as exc:
         return problem(503, ErrorCode.UNAVAILABLE, f"cannot read the room now, retry: {exc}")
     return web.Response(body=page_body(node, room, page), content_type="application/json")
+
+
+async def get_presence(request: web.Request) -> web.Response:
+    """GET /v1/rooms/<room>/presence with a bearer token holding `rooms.presence` for the room:
+    the `members` object (PROTOCOL.md section 10)."""
+    node: Node = request.app[NODE_KEY]
+    room = request.match_info["room"]
+    if not is_valid_room(room):
+        return problem(400, ErrorCode.INVALID_ROOM, f"invalid room name {room!r}: {ROOM_RULE}")
+    principal = await bearer_principal(request, node, "a JWT with rooms.presence rights")
+    if isinstance(principal, web.Response):
+        return principal
+    if not principal.can_see_presence(room):
+        return problem(403, ErrorCode.FORBIDDEN, f"the token does not allow reading the presence of {room!r}")
+    if not node.presence.kept_for(room):
+        return problem(404, ErrorCode.BAD_REQUEST, f"presence is not kept for {room!r} (JETSOCK_PRESENCE_ROOMS)")
+    members = node.presence.who(room)
+    body = msgspec.json.encode(members)
+    # The `members` object without the frame's `type`.
+    return web.Response(body=b"{" + body[len(b'{"type":"members",') :], content_type="application/json")

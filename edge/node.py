@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from core.auth import TokenVerifier
 from core.broker import Broker
@@ -18,15 +19,19 @@ from core.stored import StoredMessage
 from edge.admission import Admission, Phase
 from edge.closes import RecentCloses
 from edge.connection import Connection
+from edge.deflate import DeflateFraming
 from edge.hub import Hub
 from edge.interest import RoomInterest
 from edge.memory import CollectorPolicy, TrimPolicy, trim
 from edge.outbox import Flusher
+from edge.presence import NodePresence
 from edge.state import State
 from edge.telemetry import Metrics, NodeGauges
 from edge.tracing import Tracing
-from edge.wsframe import PING_FRAME
 from schemas import Disconnect, Disconnects, close_code_label
+
+if TYPE_CHECKING:
+    from edge.stream import StreamSessions
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +51,16 @@ class Node:
         self.verifier = TokenVerifier(settings)
         self.flusher = Flusher(settings.max_write_delay)
         self.hub = Hub(self.flusher)
+        self.deflate = DeflateFraming(settings.compress_min_bytes, settings.compress_level)
+        """The framing of connections that negotiated permessage-deflate: one compressor per node."""
         """Local members and fan-out; the broker's feeds deliver to it."""
         self.broker = Broker(settings, self.hub)
         self.interest = RoomInterest(self.broker, settings.room_grace, lambda room: room in self.hub.rooms)
+        self.streams: StreamSessions | None = None
+        """The HTTP stream sessions (edge/stream.py), set by the app that serves them."""
+        self.presence = NodePresence(settings, self.name)
+        """Who is in the presence rooms, cluster-wide (edge/presence.py)."""
+        self.broker.reconnect_listeners.append(self.presence.reconnected)
         """Which rooms the node follows on NATS, with a grace period after the last member."""
         self.hub.on_empty = self.interest.release
         self.admission = Admission(settings)
@@ -72,6 +84,12 @@ class Node:
                 nats=lambda: (self.broker.connected, self.broker.reconnects),
                 live_refused=self.broker.refused_live,
                 sockets_refused=self.admission.refusals,
+                presence=self.presence.figures,
+                deflate=lambda: (
+                    self.deflate.counters.messages,
+                    self.deflate.counters.raw_bytes,
+                    self.deflate.counters.compressed_bytes,
+                ),
             ),
             self.name,
             settings.otlp_endpoint,
@@ -97,6 +115,9 @@ class Node:
 
     async def start(self, servers: list[str]) -> None:
         await self.broker.connect(servers, name=f"jetsock-edge {self.name}")
+        await self.presence.start(self.broker)
+        if self.streams is not None:
+            await self.streams.start()
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         log.info("node %s ready: stream %s, epoch %s", self.name, self.settings.stream, self.broker.epoch)
 
@@ -125,6 +146,7 @@ class Node:
         await self.close_connections()
         self.interest.stop()
         self.admission.stop()
+        await self.presence.stop()
         await self.broker.close()
         self.metrics.shutdown()
         self.tracing.shutdown()
@@ -162,6 +184,7 @@ class Node:
     def leave_room(self, conn: Connection, room: str) -> None:
         """`conn` is no longer a member of `room` here (its NATS interest lingers for room_grace)."""
         self.hub.leave(conn, room)
+        self.presence.left(conn, room)
 
     def finish(self, conn: Connection) -> None:
         """The session's socket is gone: count and log its close."""
@@ -260,7 +283,7 @@ class Node:
                 conn.close(Disconnects.HEARTBEAT_TIMEOUT)
             elif now - conn.last_ping >= heartbeat:
                 conn.last_ping = now
-                conn.push(PING_FRAME)
+                conn.push(conn.transport_adapter.framing.keepalive)
 
     async def drain(self) -> None:
         """Refuse new connections, then close the open ones with 1012 over drain_seconds."""

@@ -69,7 +69,8 @@ async def demo_css(request: web.Request) -> web.Response:
 
 
 async def dev_token(request: web.Request) -> web.Response:
-    """GET /dev/token?sub=alice[&ttl=seconds]: a token that may join and publish everywhere."""
+    """GET /dev/token?sub=alice[&ttl=seconds]: a token that may join, publish and see presence
+    everywhere, with `info` {"name": sub} (the demo lists who is online by that name)."""
     settings = request.app[NODE_KEY].settings
     if not rebinding_safe_host(request.host):
         raise web.HTTPForbidden(
@@ -81,7 +82,7 @@ async def dev_token(request: web.Request) -> web.Response:
     ttl = dev_token_ttl(request.query.get("ttl"))
     if ttl is None:
         raise web.HTTPBadRequest(text=f"ttl must be a number of seconds from 1 to {DEV_TOKEN_MAX_TTL}\n")
-    token = make_token(settings.jwt_secret, sub, join=[">"], publish=[">"], ttl=ttl)
+    token = make_token(settings.jwt_secret, sub, join=[">"], publish=[">"], ttl=ttl, presence=[">"], info={"name": sub})
     return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
 
 

@@ -41,15 +41,13 @@ from schemas import (
     Refresh,
     Refreshed,
     Welcome,
+    Who,
 )
 from schemas.frames import Ref
 
 log = logging.getLogger(__name__)
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
-
-FEATURES = ("history",)
-"""What `welcome.features` lists (version 1.1): what this node serves."""
 
 
 # --- authentication -------------------------------------------------------------
@@ -77,7 +75,7 @@ async def authenticate(node: Node, conn: Connection, token: str, ref: Ref = None
             node=node.name,
             heartbeat=node.settings.heartbeat,
             exp=principal.exp,
-            features=list(FEATURES),
+            features=features(node),
             ref=ref,
         )
     )
@@ -107,6 +105,16 @@ def auth_timed_out(node: Node, conn: Connection) -> None:
 # --- requests -------------------------------------------------------------------
 
 
+def features(node: Node) -> list[str]:
+    """What `welcome.features` lists (version 1.1): what this node has switched on."""
+    switched_on = ["history", "stream"]
+    if node.presence.enabled:
+        switched_on.append("presence")
+    if node.settings.compression:
+        switched_on.append("deflate")
+    return switched_on
+
+
 def receive_text(node: Node, conn: Connection, data: bytes) -> None:
     """One text frame of an open session."""
     try:
@@ -127,6 +135,8 @@ def receive_text(node: Node, conn: Connection, data: bytes) -> None:
             conn.submit(("refresh",), lambda: _refresh(node, conn, frame))
         case History():
             history(node, conn, frame)
+        case Who():
+            _who(node, conn, frame)
         case Auth():
             conn.error(ErrorCode.BAD_REQUEST, "already authenticated: use refresh to change the token", frame.ref)
 
@@ -193,6 +203,25 @@ def _leave_now(node: Node, conn: Connection, room: str, ref: Ref) -> None:
     node.leave_room(conn, room)
     node.metrics.leaves.add(1)
     conn.send(Left(room=room, ref=ref))
+
+
+def _who(node: Node, conn: Connection, frame: Who) -> None:
+    """Who is present in a room: a read of this node's copy of the cluster's presence."""
+    room, ref = frame.room, frame.ref
+    principal = conn.principal
+    assert principal is not None
+    if not conn.who_bucket().take(time.monotonic()):
+        # A `who` costs a sort and up to max_presence_list members encoded: not unbounded.
+        node.metrics.rate_limit_hits.add(1, {"jetsock.limit": "who"})
+        conn.error(ErrorCode.RATE_LIMITED, f"at most {node.settings.who_rate:g} who requests per second", ref)
+    elif not is_valid_room(room):
+        conn.error(ErrorCode.INVALID_ROOM, ROOM_RULE, ref)
+    elif not principal.can_see_presence(room):
+        conn.error(ErrorCode.FORBIDDEN, f"the token does not allow reading the presence of {room!r}", ref)
+    elif not node.presence.kept_for(room):
+        conn.error(ErrorCode.BAD_REQUEST, f"presence is not kept for {room!r} (JETSOCK_PRESENCE_ROOMS)", ref)
+    else:
+        conn.send(node.presence.who(room, ref))
 
 
 def _publish(node: Node, conn: Connection, frame: Publish) -> None:

@@ -48,6 +48,11 @@ class NodeGauges:
     """Live messages not delivered as they came, by reason (malformed headers, unconfirmed jumps, rebases)."""
     sockets_refused: Callable[[], dict[str, int]]
     """Sockets refused or dropped before authenticating, by reason."""
+    deflate: Callable[[], tuple[int, int, int]]
+    """(room messages compressed, their payload bytes, their compressed bytes): once per message per node."""
+    presence: Callable[[], tuple[int, int, int, int, int]]
+    """(present users, present connections) summed over presence rooms, as this node sees the
+    cluster; `presence` frames pushed; presence messages sent and received over NATS."""
 
 
 def _one(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -110,6 +115,51 @@ class Metrics:
             "jetsock.sockets.refused",
             callbacks=[by_reason(gauges.sockets_refused)],
             description="Sockets refused at accept (per-source and budget caps) or dropped at the handshake deadline",
+        )
+        meter.create_observable_counter(
+            "jetsock.deflate.messages",
+            callbacks=[_one(lambda: gauges.deflate()[0])],
+            description="Room messages compressed (once per message per node, shared by the members that took it)",
+        )
+        meter.create_observable_counter(
+            "jetsock.deflate.raw",
+            unit="By",
+            callbacks=[_one(lambda: gauges.deflate()[1])],
+            description="Payload bytes of the room messages compressed",
+        )
+        meter.create_observable_counter(
+            "jetsock.deflate.compressed",
+            unit="By",
+            callbacks=[_one(lambda: gauges.deflate()[2])],
+            description="Their compressed size (beside jetsock.bytes.out, what went on the wire)",
+        )
+        meter.create_observable_gauge(
+            "jetsock.presence.users",
+            callbacks=[_one(lambda: gauges.presence()[0])],
+            description="Present users over the presence rooms, cluster-wide as this node sees it",
+        )
+        meter.create_observable_gauge(
+            "jetsock.presence.connections",
+            callbacks=[_one(lambda: gauges.presence()[1])],
+            description="Joined connections of present users over the presence rooms, cluster-wide",
+        )
+        meter.create_observable_counter(
+            "jetsock.presence.events",
+            callbacks=[_one(lambda: gauges.presence()[2])],
+            description="presence frames pushed to this node's sockets",
+        )
+
+        def presence_messages(_options: CallbackOptions) -> Iterable[Observation]:
+            _users, _conns, _events, sent, received = gauges.presence()
+            return [
+                Observation(sent, {"jetsock.direction": "sent"}),
+                Observation(received, {"jetsock.direction": "received"}),
+            ]
+
+        meter.create_observable_counter(
+            "jetsock.presence.messages",
+            callbacks=[presence_messages],
+            description="Presence store operations: messages between nodes over NATS, by direction",
         )
         meter.create_observable_gauge(
             "jetsock.nats.connected",

@@ -81,7 +81,14 @@ class Refresh(_Frame, tag="refresh"):
     ref: Ref = None
 
 
-ClientFrame = Auth | Join | Leave | Publish | Ping | Refresh | History
+class Who(_Frame, tag="who"):
+    """Who is present in a room (version 1.1, PROTOCOL.md section 10); needs `rooms.presence`."""
+
+    room: str
+    ref: Ref = None
+
+
+ClientFrame = Auth | Join | Leave | Publish | Ping | Refresh | History | Who
 
 
 # --- server to client -------------------------------------------------------
@@ -167,4 +174,39 @@ class HistoryPage(_Frame, tag="history"):
     ref: Ref = None
 
 
-ServerFrame = Welcome | Joined | Msg | Left | Ack | Reset | Expiring | Refreshed | Pong | Error | HistoryPage
+class PresenceMember(msgspec.Struct, omit_defaults=True):
+    sub: str
+    info: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    """The token's `info` claim as compact JSON, spliced; left out when the token has none.
+    (UNSET, not None: msgspec decodes `Raw | UnsetType` but not `Raw | None`.)"""
+    connections: int | None = None
+    """In `members`: the user's joined connections, cluster-wide. Not in `presence` events."""
+
+
+class Members(_Frame, tag="members"):
+    """The reply to `who`: present users (`count`), their joined connections (`connections`),
+    and up to `max_presence_list` of them, sorted by `sub` (`truncated` when cut)."""
+
+    room: str
+    count: int
+    connections: int
+    members: list[PresenceMember]
+    truncated: bool
+    ref: Ref = None
+
+
+class PresenceLeft(msgspec.Struct):
+    sub: str
+
+
+class Presence(_Frame, tag="presence"):
+    """Users whose first connection joined, or whose last one left, during one `presence_interval`."""
+
+    room: str
+    joined: list[PresenceMember]
+    left: list[PresenceLeft]
+
+
+ServerFrame = (
+    Welcome | Joined | Msg | Left | Ack | Reset | Expiring | Refreshed | Pong | Error | HistoryPage | Members | Presence
+)

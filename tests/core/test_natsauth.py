@@ -40,6 +40,10 @@ def test_the_embedded_edge_user_has_exactly_the_deploy_permissions() -> None:
         assert f'"{subject}"' in config
     assert "no_auth_user" not in config and "authorization" not in config
     assert config.count("user:") == 1
+    # An edge answers the stream posts other edges forward to it (core/streamroute.py), in both.
+    deploy = "\n".join(line.split("#", 1)[0] for line in DEPLOY_CONF.read_text().splitlines())
+    edge_block = deploy[deploy.index("user: edge") : deploy.index("user: backend")]
+    assert "allow_responses: true" in config and "allow_responses: true" in edge_block
 
 
 @pytest.mark.parametrize("stream", ["", "A B", 'X"', "ROOMS.>", "a*", "x" * 256])

@@ -45,8 +45,12 @@ EDGE_PUB = [
     "$JS.API.STREAM.CREATE.ROOMS",
     "$JS.API.STREAM.UPDATE.ROOMS",
     "$JS.API.DIRECT.GET.ROOMS",
+    "jetsock.presence.>",
+    "jetsock.stream.>",
 ]
-EDGE_SUB = ["live.rooms.>", "_INBOX.>"]
+EDGE_SUB = ["live.rooms.>", "_INBOX.>", "jetsock.presence.>", "jetsock.stream.>"]
+EDGE_RESP = {"max": 1, "ttl": 0}
+"""allow_responses: true, as a user JWT says it (an edge answers stream posts forwarded to it)."""
 # deploy/nats-server.conf lets the backend user subscribe only to _INBOX_backend.>.
 BACKEND_INBOX = "_INBOX_backend"
 
@@ -207,6 +211,7 @@ def operator_setup(folder: Path) -> tuple[str, str]:
                 "payload": -1,
                 "pub": {"allow": EDGE_PUB},
                 "sub": {"allow": EDGE_SUB},
+                "resp": EDGE_RESP,
             },
         },
         account,
@@ -410,7 +415,8 @@ async def test_deploy_config_edge_works_and_users_are_fenced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_nats: Any, start_edge: Callable[..., Awaitable[Edge]]
 ) -> None:
     server = run_nats(tmp_path / "nats", deploy_args(tmp_path, monkeypatch))
-    edge = await start_edge(server.url, nats_user="edge", nats_password=EDGE_PASSWORD)
+    # With presence on, so its subjects (jetsock.presence.>) are used and checked too.
+    edge = await start_edge(server.url, nats_user="edge", nats_password=EDGE_PASSWORD, presence_rooms="x")
     backend_errors = Errors()
     backend: NATS = await nats.connect(
         server.url,
@@ -443,17 +449,18 @@ async def test_deploy_config_edge_works_and_users_are_fenced(
 
         # The backend is fenced in: no JetStream API, no live subjects, nothing outside rooms.>, and
         # none of the edges' replies (stream info, direct-get batches: room messages) on _INBOX.>.
-        probes = ("$JS.API.>", "live.rooms.>", "_INBOX.>", "_INBOX.*.*", ">")
+        probes = ("$JS.API.>", "live.rooms.>", "_INBOX.>", "_INBOX.*.*", "jetsock.presence.>", ">")
         for subject in probes:
             await backend.subscribe(subject)
         await backend.publish("other.subject", b"x")
         await backend.publish("$JS.API.STREAM.DELETE.ROOMS", b"")
+        await backend.publish("jetsock.presence.delta", b"{}")  # presence is the edges' alone
         await backend.flush()
-        errors = await backend_errors.wait(len(probes) + 2)
+        errors = await backend_errors.wait(len(probes) + 3)
         assert all("permissions violation" in e.lower() for e in errors), errors
         for subject in probes:
             assert any(f'subscription to "{subject.lower()}"' in e.lower() for e in errors), (subject, errors)
-        for subject in ("other.subject", "$js.api.stream.delete.rooms"):
+        for subject in ("other.subject", "$js.api.stream.delete.rooms", "jetsock.presence.delta"):
             assert any(f'publish to "{subject}"' in e.lower() for e in errors), (subject, errors)
         assert backend.is_connected  # violations are reported; the connection stays
 
@@ -484,8 +491,17 @@ async def test_deploy_config_edge_works_and_users_are_fenced(
     assert isinstance(refused, nats.errors.Error) and "authorization" in str(refused).lower()
 
     # Another edge with other stream limits updates the stream at start ($JS.API.STREAM.UPDATE.ROOMS).
-    updating = await start_edge(server.url, nats_user="edge", nats_password=EDGE_PASSWORD, max_age=7200.0)
+    updating = await start_edge(
+        server.url, nats_user="edge", nats_password=EDGE_PASSWORD, max_age=7200.0, presence_rooms="x"
+    )
     await roundtrip(updating, "x2")
+    # The two edges hear each other's presence (hello, beats) through the edge user's permissions.
+    async with asyncio.timeout(10):
+        while (
+            edge.node.presence.bus.incarnation not in updating.node.presence.bus.view.nodes()
+            or updating.node.presence.bus.incarnation not in edge.node.presence.bus.view.nodes()
+        ):
+            await asyncio.sleep(0.05)
 
     log = (tmp_path / "nats" / "nats-server.log").read_text()
     assert 'Publish Violation - Subject "$JS.API.STREAM.DELETE.ROOMS"' in log

@@ -377,6 +377,10 @@ def test_existing_secrets_ingress_and_service_monitor(render: Callable[..., Rend
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
     assert annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
+    # HTTP streams (PROTOCOL.md 11): each event passes at once, bodies are not held back either.
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-http-version"] == "1.1"
     assert ingress["spec"]["ingressClassName"] == "nginx"
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": f"{RELEASE}-jetsock", "port": {"number": 80}}

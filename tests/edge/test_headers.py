@@ -27,7 +27,12 @@ ANSWERS = [
     ("GET", "/metrics", 200),
     ("GET", "/admin/api/state", 401),
     ("POST", "/v1/rooms/x/messages", 401),
-    ("GET", "/v1/rooms/x/messages", 405),
+    ("GET", "/v1/rooms/x/messages", 401),
+    ("GET", "/v1/rooms/x/presence", 401),
+    ("PUT", "/v1/rooms/x/messages", 405),
+    ("POST", "/v1/stream", 401),
+    ("POST", "/v1/stream/a.b", 401),
+    ("GET", "/v1/stream", 405),
     ("GET", "/no/such/page", 404),
     ("GET", "/ws", 400),  # not an upgrade request
 ]

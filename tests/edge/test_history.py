@@ -114,11 +114,12 @@ async def http_page(edge: Edge, room: str, query: str = "", tok: str | None = No
 
 
 async def test_welcome_lists_history_and_every_joined_says_how_many_are_replayed(edge: Edge, backend: Any) -> None:
-    """`welcome.features` is ["history"]; `joined.replayed` is sent on a plain join (0) and on a
+    """`welcome.features` lists "history" (beside what else the node has on: "stream" always, "deflate"
+    by default, "presence" when presence rooms are set); `joined.replayed` is sent on a plain join (0) and on a
     join with a recoverable `since` (the size of the replay, messages up to `joined.seq`)."""
     seqs = await fill(backend, "hist.w", 20)
     client = await connect(edge.url)
-    assert client.welcome is not None and client.welcome["features"] == ["history"]
+    assert client.welcome is not None and client.welcome["features"] == ["history", "stream", "deflate"]
     joined = await client.request(type="join", room="hist.w")
     assert (joined["type"], joined["recovered"], joined["replayed"], joined["seq"]) == ("joined", False, 0, seqs[-1])
     assert await before_pong(client) == []
