@@ -29,6 +29,8 @@ export declare const RULES: {
 export type JSONPrimitive = string | number | boolean | null;
 /** Any value JSON can carry. */
 export type JSONValue = JSONPrimitive | JSONValue[] | { [key: string]: JSONValue };
+/** A JSON object (a token's `info` claim is one). */
+export type JSONObject = { [key: string]: JSONValue };
 
 /** What JSON.stringify drops or refuses, at any depth. */
 type NotJSON = bigint | symbol | undefined | Function;
@@ -249,20 +251,73 @@ export type RoomStateArgs =
   | [state: "joined", info: JoinedInfo]
   | [state: "left", info: LeftInfo];
 
+// --- presence (PROTOCOL.md section 10) -----------------------------------------------
+
+/** A present user, as `presence` events name it: its token's `sub` and `info` claim. */
+export interface PresenceUser<I = JSONObject> {
+  sub: string;
+  /** The token's `info` claim (a JSON object of at most 1 KB), when it has one. */
+  info?: I;
+}
+
+/** A present user in `room.members` and in a `who` answer. */
+export interface PresenceMember<I = JSONObject> extends PresenceUser<I> {
+  /**
+   * Its joined connections (tabs, devices), cluster-wide, as of the last `who`. Events do
+   * not carry counts: a user added by an event counts 1 until the next `who`, and a second
+   * tab of a user already present changes nothing until then.
+   */
+  connections: number;
+}
+
+/** Who is present in a room: the `who` answer (`members` frame). */
+export interface Presence<I = JSONObject> {
+  room: string;
+  /** Present users. */
+  count: number;
+  /** Their joined connections. */
+  connections: number;
+  /** Sorted by sub; at most the server's max_presence_list (default 1000). */
+  members: PresenceMember<I>[];
+  /** True when members was cut at that bound. */
+  truncated: boolean;
+}
+
+/**
+ * A room's "presence" event: users whose first connection joined, or whose last one left.
+ * It follows every `presence` frame (batched by the server, at most one per
+ * presence_interval) and every `who` answer that replaced room.members (then `joined` and
+ * `left` are the difference, both empty when only connection counts changed).
+ */
+export interface PresenceEvent<I = JSONObject> {
+  joined: PresenceUser<I>[];
+  left: { sub: string }[];
+}
+
+export interface PresenceOptions {
+  /** Reject with "timeout" after this many ms; default RULES.defaults.requestTimeoutMs (10000); 0: none. */
+  timeoutMs?: number;
+  /** Reject with "aborted" when it aborts (at once if it already has). */
+  signal?: AbortSignalLike;
+}
+
 /** A room's events and their listeners' arguments. */
-export interface RoomEvents<T> {
+export interface RoomEvents<T, I = JSONObject> {
   state: RoomStateArgs;
   joined: [info: JoinedInfo];
   message: [msg: Message<T>];
   reset: [info: ResetInfo];
   left: [info: LeftInfo];
+  presence: [event: PresenceEvent<I>];
 }
 
-export interface JoinOptions<T = JSONValue> {
+export interface JoinOptions<T = JSONValue, I = JSONObject> {
   /** One more "message" listener. */
   onMessage?: (msg: Message<T>) => void;
   /** One more "reset" listener. */
   onReset?: (info: ResetInfo) => void;
+  /** One more "presence" listener (presence rooms, with the token's rooms.presence right). */
+  onPresence?: (event: PresenceEvent<I>) => void;
   /** Resume after this seq (overrides a persisted position). */
   since?: number;
   /** Epoch under which `since` was received. */
@@ -341,9 +396,9 @@ export declare class JetsockError extends Error {
  * One room membership, made by client.join(). It survives reconnects (rejoined with
  * `since`, so nothing is lost or repeated) until leave(), a refusal, a server `left` or
  * close(). `T` is the type of the room's messages' data; publish() accepts only data
- * JSON can carry as is (see JSONCompatible).
+ * JSON can carry as is (see JSONCompatible). `I` is the type of its members' `info`.
  */
-export declare class Room<T = JSONValue> {
+export declare class Room<T = JSONValue, I = JSONObject> {
   private constructor();
   readonly name: string;
   /** "joining" (asked, or waiting for a connection or a rejoin), "joined" or "left" (for good). */
@@ -361,6 +416,15 @@ export declare class Room<T = JSONValue> {
   /** Why the room left, unless by leave(). */
   readonly error: JetsockError | null;
   /**
+   * Who is present, by sub (a presence room, on a node whose welcome.features has
+   * "presence"): filled by the `who` the client sends after each joined, kept up to date by
+   * "presence" events, replaced by every `who` answer (room.presence() too). Events are at
+   * most once, so every rejoin asks again. Empty when the token lacks rooms.presence for
+   * the room or the room keeps no presence (the client then stops asking, quietly), and
+   * after the room left. The same Map object all along.
+   */
+  readonly members: ReadonlyMap<string, PresenceMember<I>>;
+  /**
    * Add a listener; returns a function that removes it. A room has any number of
    * listeners per event. ("state" has two overloads so that `(state) => ...` and
    * `(state, info) => ...`, which narrows info, both type-check.)
@@ -371,6 +435,7 @@ export declare class Room<T = JSONValue> {
   on(event: "message", fn: (msg: Message<T>) => void): () => void;
   on(event: "reset", fn: (info: ResetInfo) => void): () => void;
   on(event: "left", fn: (info: LeftInfo) => void): () => void;
+  on(event: "presence", fn: (event: PresenceEvent<I>) => void): () => void;
   /** A listener called once, then removed; returns a function that removes it sooner. */
   once(event: "state", fn: (...args: RoomStateArgs) => void): () => void;
   once(event: "state", fn: (state: RoomState) => void): () => void;
@@ -378,9 +443,10 @@ export declare class Room<T = JSONValue> {
   once(event: "message", fn: (msg: Message<T>) => void): () => void;
   once(event: "reset", fn: (info: ResetInfo) => void): () => void;
   once(event: "left", fn: (info: LeftInfo) => void): () => void;
+  once(event: "presence", fn: (event: PresenceEvent<I>) => void): () => void;
   /** Remove a listener added with on() or once(). */
   off(event: "state", fn: ((...args: RoomStateArgs) => void) | ((state: RoomState) => void)): void;
-  off<E extends Exclude<keyof RoomEvents<T>, "state">>(event: E, fn: (...args: RoomEvents<T>[E]) => void): void;
+  off<E extends Exclude<keyof RoomEvents<T, I>, "state">>(event: E, fn: (...args: RoomEvents<T, I>[E]) => void): void;
   /**
    * Resolves when joined (at once if it is). Rejects with a JetsockError, `room` set, whose
    * code is the server's refusal (forbidden, too_many_rooms, ...), a server `left`'s reason,
@@ -391,6 +457,12 @@ export declare class Room<T = JSONValue> {
   publish(data: JSONCompatible<T>, opts?: PublishOptions): Promise<PublishResult>;
   /** client.history(room.name, opts): a page of this room's stored messages (joining is not required). */
   history(opts?: HistoryOptions): Promise<HistoryPage<T>>;
+  /**
+   * client.presence(room.name, opts): who is present now; room.members is replaced with the
+   * answer. Rejects with "forbidden" without the token's rooms.presence right, "bad_request"
+   * for a room that keeps no presence.
+   */
+  presence(opts?: PresenceOptions): Promise<Presence<I>>;
   /** Leave for good. Resolves when the server's `left` arrives (at once when not connected; after RULES.defaults.requestTimeoutMs anyway). */
   leave(): Promise<void>;
 }
@@ -402,6 +474,8 @@ export declare class Jetsock {
   /** From the last `welcome`. */
   readonly session: string | null;
   readonly node: string | null;
+  /** The last welcome's `features`: what the node serves ("history", "presence", ...); [] before. */
+  readonly features: readonly string[];
   /**
    * Add a listener; returns a function that removes it. ("state" has two overloads so
    * that `(state) => ...` and `(state, info) => ...`, which narrows info, both type-check.)
@@ -429,7 +503,7 @@ export declare class Jetsock {
   /** Resolves when connected (at once if it is); rejects with "closed" / "logged_out" (closeCode set), "timeout", "aborted". */
   ready(opts?: ReadyOptions): Promise<ConnectedInfo>;
   /** Synchronous; joins when connected. Throws JetsockError "invalid_room", "already_joined" or "closed". */
-  join<T = JSONValue>(room: string, opts?: JoinOptions<T>): Room<T>;
+  join<T = JSONValue, I = JSONObject>(room: string, opts?: JoinOptions<T, I>): Room<T, I>;
   /** The Room of that name, until it leaves. */
   room(name: string): Room | undefined;
   /**
@@ -445,6 +519,14 @@ export declare class Jetsock {
    * "closed" / "logged_out", "timeout" or "aborted".
    */
   history<T = JSONValue>(room: string, opts?: HistoryOptions): Promise<HistoryPage<T>>;
+  /**
+   * Who is present in `room` (a `who`): needs the token's rooms.presence right for it, not
+   * membership. A Room of that name replaces its members with the answer. Waits for a
+   * connection, is sent again after a reconnect and after "rate_limited" / "unavailable".
+   * Rejects (room set) with "forbidden", "bad_request" (the room keeps no presence),
+   * "invalid_room", "closed" / "logged_out", "timeout" or "aborted".
+   */
+  presence<I = JSONObject>(room: string, opts?: PresenceOptions): Promise<Presence<I>>;
 }
 
 export interface BackoffOptions {

@@ -3,6 +3,7 @@
 // that a resume after a reconnect can be checked by eye: nothing lost, nothing twice.
 // A room opens with its newest 50 messages (join option `last`); "Load older" pages
 // back through the room's history, 50 at a time, until its beginning.
+// "Online" lists who is in the room, live, from room.members (presence).
 import { Jetsock } from "/jetsock.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +15,8 @@ let countdown = null;
 let me = "";
 let era = 0; // bumped when the list is cleared: a history page asked for before is dropped
 const PAGE = 50;
+const WHO_EVERY_MS = 2000;
+let whoTimer = null;
 
 function showState(name, info = {}) {
   clearInterval(countdown);
@@ -112,6 +115,52 @@ function showRoom(name, info) {
   else el.textContent = `left: ${info.reason}`;
 }
 
+// Who is online: room.members, which the client fills with a `who` after each join (and
+// rejoin) and keeps up to date with `presence` events, each user once. Events say only who
+// came and who went, not how many tabs a user has open, so the list also asks `who` every
+// couple of seconds (room.presence(), whose answer replaces room.members) for the counts.
+function showMembers() {
+  const people = $("people");
+  if (!room || room.state === "left") return void (people.hidden = true);
+  people.hidden = false;
+  const label = (m) => (typeof m.info?.name === "string" && m.info.name) || m.sub;
+  const members = [...room.members.values()].sort((a, b) => label(a).localeCompare(label(b)));
+  $("online-count").textContent = `(${members.length})`;
+  $("members").replaceChildren(
+    ...members.map((m) => {
+      const li = document.createElement("li");
+      li.dataset.sub = m.sub;
+      li.dataset.tabs = String(m.connections);
+      if (m.sub === me) li.classList.add("me");
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = label(m);
+      const tabs = document.createElement("span");
+      tabs.className = "tabs";
+      tabs.textContent = `${m.connections} tab${m.connections === 1 ? "" : "s"}`;
+      li.append(name, tabs);
+      return li;
+    }),
+  );
+}
+
+function watchMembers(watched) {
+  clearInterval(whoTimer);
+  let asking = false;
+  whoTimer = setInterval(async () => {
+    if (watched !== room || watched.state !== "joined" || asking) return;
+    asking = true;
+    try {
+      await watched.presence();
+    } catch (err) {
+      // No rooms.presence in the token, or a room that keeps no presence: no list.
+      if (err.code === "forbidden" || err.code === "bad_request") clearInterval(whoTimer), ($("people").hidden = true);
+    } finally {
+      asking = false;
+    }
+  }, WHO_EVERY_MS);
+}
+
 function notice(text) {
   const li = document.createElement("li");
   li.className = "notice";
@@ -141,6 +190,8 @@ $("join").addEventListener("submit", async (event) => {
     }
   }
   client?.close();
+  clearInterval(whoTimer);
+  $("people").hidden = true;
   era++;
   list.replaceChildren();
   showOlder();
@@ -148,9 +199,11 @@ $("join").addEventListener("submit", async (event) => {
   client = new Jetsock(url, { token, persist: true });
   client.on("state", showState);
   client.on("error", (err) => notice(`⚠ ${err.message ?? err}`));
-  room = client.join(roomName, { last: PAGE, onMessage: addMessage, onReset });
+  room = client.join(roomName, { last: PAGE, onMessage: addMessage, onReset, onPresence: showMembers });
   showRoom(room.state);
   room.on("state", showRoom);
+  room.on("left", showMembers);
+  watchMembers(room);
   room.ready().catch((err) => notice(`⚠ cannot join ${roomName}: ${err.code}`));
   $("room-name").textContent = roomName;
   $("chat").hidden = false;

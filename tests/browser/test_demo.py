@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 from playwright.async_api import BrowserContext
 
@@ -303,3 +304,102 @@ async def test_a_resume_that_fails_starts_the_demo_over_with_the_newest_50(
         await page.wait_for_selector('#older[data-state="beginning"]', timeout=5000)
     finally:
         await nc.close()
+
+
+async def test_the_demo_lists_who_is_online_with_their_tabs_and_updates_when_tabs_close(
+    context: BrowserContext, edge_process: Any
+) -> None:
+    # Dev mode keeps presence for every room and /dev/token grants rooms.presence with
+    # info {"name": sub}: nothing to set for the demo's "Online" list.
+    edge = await edge_process()
+    first = await open_demo(context, edge, "alice", room="chat.online")
+    second = await open_demo(context, edge, "alice", room="chat.online")
+    bob = await open_demo(context, edge, "bob", room="chat.online")
+
+    async def listed(page: Any) -> dict[str, str]:
+        rows: list[list[str]] = await page.eval_on_selector_all(
+            "#members li", "els => els.map(e => [e.dataset.sub, e.querySelector('.tabs').textContent])"
+        )
+        return dict(rows)
+
+    both = {"alice": "2 tabs", "bob": "1 tab"}
+    for page in (first, second, bob):
+        await page.wait_for_selector('#members li[data-sub="alice"][data-tabs="2"]', timeout=15000)
+        await page.wait_for_selector('#members li[data-sub="bob"][data-tabs="1"]', timeout=15000)
+        assert await listed(page) == both
+        assert await page.text_content("#online-count") == "(2)"
+        names = await page.eval_on_selector_all("#members li .name", "els => els.map(e => e.textContent)")
+        assert names == ["alice", "bob"]  # info.name from the dev token
+    assert await bob.get_attribute('#members li[data-sub="bob"]', "class") == "me"
+
+    # One of alice's tabs closes: she is still online, with one tab.
+    await second.close()
+    await bob.wait_for_selector('#members li[data-sub="alice"][data-tabs="1"]', timeout=15000)
+    await first.wait_for_selector('#members li[data-sub="alice"][data-tabs="1"]', timeout=15000)
+    assert await listed(bob) == {"alice": "1 tab", "bob": "1 tab"}
+    # The other one: she is gone from bob's list.
+    await first.close()
+    await bob.wait_for_selector('#members li[data-sub="alice"]', state="detached", timeout=15000)
+    assert await listed(bob) == {"bob": "1 tab"}
+    assert await bob.text_content("#online-count") == "(1)"
+
+
+async def test_a_4kb_message_through_the_demo_arrives_intact_compressed(
+    context: BrowserContext, edge_process: Any
+) -> None:
+    """Chromium offers permessage-deflate by itself: the edge takes it (the handshake's answer, read
+    over CDP), compresses the 4 KB room message once for both pages (its metrics), and the page
+    that did not send it gets the payload intact (inflated by the browser)."""
+    edge = await edge_process()
+    answers: dict[str, list[str | None]] = {}
+
+    async def page_of(name: str) -> Any:
+        page = await context.new_page()
+        cdp = await context.new_cdp_session(page)
+        await cdp.send("Network.enable")
+        seen = answers.setdefault(name, [])
+        cdp.on(
+            "Network.webSocketHandshakeResponseReceived",
+            lambda event: seen.append(
+                {k.lower(): v for k, v in event["response"]["headers"].items()}.get("sec-websocket-extensions")
+            ),
+        )
+        await page.goto(f"{edge.http}/?name={name}&room=deflate.room")
+        await page.wait_for_selector('#state[data-state="connected"]', timeout=15000)
+        return page
+
+    async def deflate_counters() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(edge.http + "/metrics") as response:
+            text = await response.text()
+        found = {}
+        for line in text.splitlines():
+            for name in ("jetsock_deflate_messages_total", "jetsock_deflate_raw_bytes_total"):
+                if line.startswith(name):
+                    found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return found
+
+    alice = await page_of("alice")
+    bob = await page_of("bob")
+    accepted = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    assert answers == {"alice": [accepted], "bob": [accepted]}
+    await bob.evaluate(
+        """() => {
+          window.__got = [];
+          window.jetsockDemo.room.on("message", (msg) => window.__got.push(msg.data));
+        }"""
+    )
+    before = await deflate_counters()
+    words = "the quick brown fox jumps over the lazy dog, then naps in the sun: é ü 日本 🦊. "
+    data = {
+        "text": (words * 60)[:4000],
+        "meta": {"thread": "deflate.room/42", "tags": [f"tag-{i}" for i in range(20)], "n": 4096},
+    }
+    await alice.evaluate("(data) => window.jetsockDemo.room.publish(data)", data)
+    await bob.wait_for_function("() => window.__got.length === 1", timeout=15000)
+    assert await bob.evaluate("() => window.__got[0]") == data
+    await bob.wait_for_selector("#messages li .text:has-text('then naps in the sun')")
+    assert await bob.text_content("#messages li .text") == data["text"]
+    after = await deflate_counters()
+    # Once for the node, though two pages got it; 4,000 characters and more (UTF-8, JSON) compressed.
+    assert after["jetsock_deflate_messages_total"] - before["jetsock_deflate_messages_total"] == 1
+    assert after["jetsock_deflate_raw_bytes_total"] - before["jetsock_deflate_raw_bytes_total"] > 4000

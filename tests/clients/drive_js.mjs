@@ -50,6 +50,11 @@ function join(step) {
   });
   room.on("message", (msg) => record("message", msg.room, msg.seq));
   room.on("reset", (info) => record("reset", info.room, info.reason, info.seq));
+  // Each presence event, with the members the room holds once it is applied.
+  room.on("presence", ({ joined, left }) => {
+    const members = Object.fromEntries([...room.members].map(([sub, m]) => [sub, [m.connections, m.info ?? null]]));
+    record("presence", room.name, { joined: joined.map((u) => u.sub), left: left.map((u) => u.sub), members });
+  });
 }
 
 const settle = (promise, ok, fail) => promise.then(ok, (err) => fail(err));

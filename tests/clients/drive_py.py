@@ -67,6 +67,14 @@ async def play(url: str, program: dict[str, Any]) -> list[Event]:
         room.on_message(lambda msg: record("message", msg.room, msg.seq))
         room.on_reset(lambda _room, info: record("reset", info.room, info.reason, info.seq))
 
+        def on_presence(event: jetsock.PresenceEvent) -> None:
+            # Each presence event, with the members the room holds once it is applied.
+            members = {sub: [m.connections, m.info] for sub, m in room.members.items()}
+            joined = [m.sub for m in event.joined]
+            record("presence", room.name, {"joined": joined, "left": list(event.left), "members": members})
+
+        room.on_presence(on_presence)
+
     async def ready(name: str) -> None:
         try:
             await rooms[name].ready()

@@ -64,7 +64,7 @@ class Conn:
         if not self.ws.closed:
             await self.ws.send_str(json.dumps(frame))
 
-    async def welcome(self, heartbeat: int = 25) -> None:
+    async def welcome(self, heartbeat: int = 25, features: list[str] | None = None) -> None:
         await self.send(
             {
                 "type": "welcome",
@@ -72,6 +72,7 @@ class Conn:
                 "node": "scripted",
                 "heartbeat": heartbeat,
                 "exp": 2_000_000_000,
+                **({"features": features} if features is not None else {}),
             }
         )
 

@@ -25,6 +25,8 @@ MAX_ROOMS = 4
 """The edge's max_rooms_per_connection, small so that too_many_rooms is quick to reach."""
 MAX_REPLAY = 20
 """The edge's max_replay, small so that a resume that fails (more missed than that) is quick to cause."""
+PRESENCE_ROOMS = "live.presence.*"
+"""The rooms whose presence the edge keeps (the live tests' presence rooms are named so)."""
 
 
 @pytest.mark.timeout(180)
@@ -34,7 +36,13 @@ async def test_js_client_against_a_real_edge(make_edge: Any) -> None:
     dev_deps = ROOT / "clients/js/node_modules/ws"
     assert dev_deps.is_dir(), "the JS dev dependencies are missing: cd clients/js && npm ci"
     assert LIVE, "no tests/js/live/*.live.mjs"
-    edge = await make_edge(max_rooms_per_connection=MAX_ROOMS, max_replay=MAX_REPLAY)
+    edge = await make_edge(
+        max_rooms_per_connection=MAX_ROOMS,
+        max_replay=MAX_REPLAY,
+        presence_rooms=PRESENCE_ROOMS,
+        presence_ttl=3,
+        presence_interval=0.2,
+    )
     env = {
         **os.environ,
         "JETSOCK_TEST_URL": edge.url,
@@ -42,6 +50,7 @@ async def test_js_client_against_a_real_edge(make_edge: Any) -> None:
         "JETSOCK_TEST_SECRET": SECRET,
         "JETSOCK_TEST_MAX_ROOMS": str(MAX_ROOMS),
         "JETSOCK_TEST_MAX_REPLAY": str(MAX_REPLAY),
+        "JETSOCK_TEST_PRESENCE_ROOMS": PRESENCE_ROOMS,
         "NO_COLOR": "1",
     }
     # The files by name: node 20 finds nothing under a directory whose files do not

@@ -218,6 +218,62 @@ def _joins_with_last(record: Record) -> None:
     ], "last goes with the first join and with the rejoin, beside since"
 
 
+PRESENCE = ["history", "presence"]
+"""welcome.features of a node that keeps presence."""
+ALICE = {"sub": "alice", "info": {"name": "Alice"}}
+CAROL = {"sub": "carol", "info": {"name": "Carol"}}
+
+
+async def who_answer(conn: Conn, who: dict[str, Any], members: list[dict[str, Any]]) -> None:
+    await conn.send(
+        {
+            "type": "members",
+            "room": who["room"],
+            "count": len(members),
+            "connections": sum(m["connections"] for m in members),
+            "members": members,
+            "truncated": False,
+            "ref": who["ref"],
+        }
+    )
+
+
+async def presence_resync(conn: Conn, n: int) -> None:
+    """A who after each joined: answered, an event on top, a drop; the rejoin's who resyncs."""
+    await conn.welcome(features=PRESENCE)
+    await conn.joined(await conn.expect("join"), seq=1, recovered=n > 0)
+    who = await conn.expect("who")
+    if n == 0:
+        await who_answer(conn, who, [{**ALICE, "connections": 2}, {"sub": "bob", "connections": 1}])
+        await conn.send({"type": "presence", "room": ROOM, "joined": [CAROL], "left": [{"sub": "bob"}]})
+        await conn.drop()
+        return
+    # bob is long gone; alice closed a tab, dave came with three.
+    members = [{**ALICE, "connections": 1}, {**CAROL, "connections": 1}, {"sub": "dave", "connections": 3}]
+    await who_answer(conn, who, members)
+    await conn.idle()
+
+
+async def presence_forbidden(conn: Conn, n: int) -> None:
+    """The token lacks rooms.presence: the who is refused once, and not asked again."""
+    await conn.welcome(features=PRESENCE)
+    await conn.joined(await conn.expect("join"), seq=1, recovered=n > 0)
+    if n == 0:
+        await conn.error(await conn.expect("who"), "forbidden")
+        await conn.drop()
+        return
+    await conn.idle()
+
+
+def _whos(count: int) -> Callable[[Record], None]:
+    def check(record: Record) -> None:
+        whos = [(n, frame) for n, frame in record.frames if frame.get("type") == "who"]
+        assert [n for n, _ in whos] == list(range(count)), f"one who per joined, on each connection: {whos}"
+        assert all(set(frame) == {"type", "room", "ref"} and frame["room"] == ROOM for _, frame in whos)
+
+    return check
+
+
 # --- expectations derived from schemas/clientrules.py ---------------------------------
 
 
@@ -528,6 +584,66 @@ def scenarios() -> list[Scenario]:
             results=[["publish", "p1", "ok", 9, False]],
             server=lambda record: _since(record, 1, 5, "e1"),
         ),
+        Scenario(
+            "presence-resync",
+            presence_resync,
+            {"token": ["t1", "t2"], "steps": [join_step(), until(["presence", ROOM], count=3)]},
+            client=[*CONNECTED, reconnecting(1006), ["state", "connecting"], ["token", 2], ["state", "connected"]],
+            # PROTOCOL.md 9.13: a who after each joined; its answer replaces the members and is
+            # told as the difference; events apply on top; the rejoin's who resyncs.
+            room=[
+                ["room", ROOM, "joined", {"recovered": False, "seq": 1}],
+                [
+                    "presence",
+                    ROOM,
+                    {
+                        "joined": ["alice", "bob"],
+                        "left": [],
+                        "members": {"alice": [2, {"name": "Alice"}], "bob": [1, None]},
+                    },
+                ],
+                [
+                    "presence",
+                    ROOM,
+                    {
+                        "joined": ["carol"],
+                        "left": ["bob"],
+                        "members": {"alice": [2, {"name": "Alice"}], "carol": [1, {"name": "Carol"}]},
+                    },
+                ],
+                ["room", ROOM, "joining"],
+                ["room", ROOM, "joined", {"recovered": True, "seq": 1}],
+                [
+                    "presence",
+                    ROOM,
+                    {
+                        "joined": ["dave"],
+                        "left": [],
+                        "members": {
+                            "alice": [1, {"name": "Alice"}],
+                            "carol": [1, {"name": "Carol"}],
+                            "dave": [3, None],
+                        },
+                    },
+                ],
+            ],
+            server=_whos(2),
+        ),
+        Scenario(
+            "presence-forbidden",
+            presence_forbidden,
+            {
+                "token": ["t1", "t2"],
+                "steps": [join_step(), until(["room", ROOM, "joined"], count=2), {"do": "sleep", "ms": 300}],
+            },
+            client=[*CONNECTED, reconnecting(1006), ["state", "connecting"], ["token", 2], ["state", "connected"]],
+            room=[
+                ["room", ROOM, "joined", {"recovered": False, "seq": 1}],
+                ["room", ROOM, "joining"],
+                ["room", ROOM, "joined", {"recovered": True, "seq": 1}],
+            ],
+            server=_whos(1),
+        ),
     ]
     return out
 
@@ -565,7 +681,7 @@ def normalize(events: list[Event]) -> dict[str, list[Event]]:
             ]
         if kind in ("state", "token"):
             streams["client"].append(event)
-        elif kind in ("room", "message", "reset"):
+        elif kind in ("room", "message", "reset", "presence"):
             streams["room"].append(event)
         elif kind in ("publish", "ready"):
             streams["results"].append(event)

@@ -550,6 +550,7 @@ def test_the_client_s_defaults_are_the_rules() -> None:
         "max_queued": defaults.max_queued,
         "max_pending_publishes": None,
         "max_frame_bytes": defaults.max_frame_bytes,
+        "compress": True,  # permessage-deflate offered (PROTOCOL.md 9.15); browsers offer it by themselves
     }
 
 
@@ -1098,3 +1099,161 @@ async def test_a_failed_resume_with_last_resets_first_then_the_newest_then_live(
             ("msg", live.seq),
         ]
         assert room.seq == live.seq
+
+
+# --- presence (PROTOCOL.md section 10) ---------------------------------------------------
+
+
+def presence_token(sub: str, presence: list[str] | None = None) -> str:
+    """A token that may read the presence of the chat rooms, with `info` {"name": Sub}."""
+    return token(sub, presence=presence or ["chat.*"], info={"name": sub.title()})
+
+
+async def until_true(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+def tabs(room: jetsock.Room) -> dict[str, int]:
+    """`room.members` as sub -> connections."""
+    return {sub: member.connections for sub, member in room.members.items()}
+
+
+async def test_presence_members_events_who_and_two_tabs_of_one_user(make_edge: Any) -> None:
+    edge = await make_edge(presence_rooms="chat.*", presence_ttl=3, presence_interval=0.2)
+    alice1 = jetsock.Client(edge.url, presence_token("alice"), backoff=FAST)
+    alice2 = jetsock.Client(edge.url, presence_token("alice"), backoff=FAST)
+    bob = jetsock.Client(edge.url, presence_token("bob"), backoff=FAST)
+    async with alice1, alice2, bob:
+        mine = await alice1.join("chat.lobby")
+        assert alice1.welcome is not None and alice1.welcome.features is not None
+        assert "presence" in alice1.welcome.features
+        await until_true(lambda: tabs(mine) == {"alice": 1})
+        assert mine.members["alice"].info == {"name": "Alice"}
+        events: list[jetsock.PresenceEvent] = []
+        mine.on_presence(events.append)
+        stream = mine.presence_events()
+
+        theirs = await bob.join("chat.lobby")
+        await until_true(lambda: tabs(theirs) == {"alice": 1, "bob": 1})
+        await until_true(lambda: "bob" in mine.members)  # the event reached alice
+        assert mine.members["bob"] == jetsock.PresenceMember("bob", {"name": "Bob"}, 1)
+        # (Alice's own join may come in the same batch: events tell every member, her too.)
+        assert jetsock.PresenceMember("bob", {"name": "Bob"}, 1) in [m for e in events for m in e.joined]
+        assert all(e.left == () and e.room == "chat.lobby" for e in events)
+        async with asyncio.timeout(5):
+            while "bob" not in [m.sub for m in (await anext(stream)).joined]:
+                pass
+
+        # A second tab of alice: she counts once, with two connections.
+        second = await alice2.join("chat.lobby")
+        await until_true(lambda: tabs(second) == {"alice": 2, "bob": 1})
+        who = await theirs.presence()
+        assert (who.room, who.count, who.connections, who.truncated) == ("chat.lobby", 2, 3, False)
+        assert [(m.sub, m.info, m.connections) for m in who.members] == [
+            ("alice", {"name": "Alice"}, 2),
+            ("bob", {"name": "Bob"}, 1),
+        ]
+        assert tabs(theirs) == {"alice": 2, "bob": 1}, "an answer replaces the members"
+        assert (await alice1.presence("chat.lobby")).count == 2  # client.presence, same answer
+
+        # One tab closes: alice stays; the other: she leaves.
+        await alice2.close()
+        await asyncio.sleep(0.5)
+        await theirs.presence()
+        assert tabs(theirs) == {"alice": 1, "bob": 1}
+        await alice1.close()
+        await until_true(lambda: "alice" not in theirs.members)
+        assert tabs(theirs) == {"bob": 1}
+        assert (await theirs.presence()).count == 1
+        # The room of a closed client: no members, and its iterator stops.
+        assert dict(mine.members) == {}
+        async with asyncio.timeout(5):
+            rest = [event async for event in stream]  # what it still held, then it stops
+        assert all(e.room == "chat.lobby" for e in rest)
+
+
+async def test_presence_resyncs_after_a_rejoin(make_edge: Any) -> None:
+    edge = await make_edge(presence_rooms="chat.*", presence_ttl=3, presence_interval=0.2)
+    carol = jetsock.Client(edge.url, presence_token("carol"), backoff=FAST)
+    bob = jetsock.Client(edge.url, presence_token("bob"), backoff=FAST)
+    async with carol, bob:
+        room = await carol.join("chat.lobby")
+        await bob.join("chat.lobby")
+        await until_true(lambda: tabs(room) == {"bob": 1, "carol": 1})
+        events: list[jetsock.PresenceEvent] = []
+        room.on_presence(events.append)
+        members = room.members
+        await carol.disconnect()
+        assert tabs(room) == {"bob": 1, "carol": 1}, "kept while away"
+        await bob.close()  # carol cannot hear of it: her connection is gone
+        await asyncio.sleep(0.5)
+        carol.connect()
+        await room.ready(timeout=10)
+        await until_true(lambda: tabs(room) == {"carol": 1})
+        assert room.members is members
+        assert [(e.joined, e.left) for e in events] == [((), ("bob",))]
+
+
+async def test_presence_without_the_right_or_in_a_room_without_presence(make_edge: Any) -> None:
+    edge = await make_edge(presence_rooms="chat.*", presence_interval=0.2)
+    async with jetsock.connect(edge.url, token=token("dave"), backoff=FAST) as plain:
+        room = await plain.join("chat.lobby")
+        await until_true(lambda: not room.who_asking and not room.who_wanted)
+        assert dict(room.members) == {}
+        with pytest.raises(jetsock.ServerError) as refused:
+            await room.presence()
+        assert (refused.value.code, refused.value.room) == ("forbidden", "chat.lobby")
+    async with jetsock.connect(edge.url, token=presence_token("erin", presence=[">"]), backoff=FAST) as client:
+        elsewhere = await client.join("other.room")
+        await until_true(lambda: not elsewhere.who_asking and not elsewhere.who_wanted)
+        with pytest.raises(jetsock.ServerError) as outside:
+            await client.presence("other.room")
+        assert outside.value.code == "bad_request"
+        with pytest.raises(jetsock.InvalidRoom):
+            await client.presence("bad room")
+        lobby = await client.join("chat.lobby")
+        await until_true(lambda: tabs(lobby) == {"erin": 1})
+        assert lobby.who_wanted
+    # A node without presence: welcome.features lacks it, and no `who` is sent.
+    bare = await make_edge()
+    async with jetsock.connect(bare.url, token=presence_token("fay"), backoff=FAST) as client:
+        room = await client.join("chat.lobby")
+        assert client.welcome is not None and "presence" not in (client.welcome.features or [])
+        await asyncio.sleep(0.3)
+        assert (room.who_wanted, room.who_asking, dict(room.members)) == (True, False, {})
+
+
+async def test_room_members_from_who_answers_and_presence_events() -> None:
+    from jetsock.frames import LeftEntry, MemberEntry, Members, Presence
+
+    room = jetsock.Room(cast(Any, None), "chat.r", None, None, None)
+    events: list[jetsock.PresenceEvent] = []
+    room.on_presence(events.append)
+    view = room.members
+    alice = MemberEntry("alice", {"name": "Alice"}, 2)
+    room.sync_members(
+        Members(room="chat.r", count=2, connections=3, members=[alice, MemberEntry("bob", None, 1)], truncated=False)
+    )
+    assert tabs(room) == {"alice": 2, "bob": 1}
+    assert [(e.joined, e.left) for e in events] == [
+        ((jetsock.PresenceMember("alice", {"name": "Alice"}, 2), jetsock.PresenceMember("bob", None, 1)), ())
+    ]
+    room.handle_presence(
+        Presence(
+            room="chat.r", joined=[MemberEntry("carol"), MemberEntry("alice", {"name": "A"})], left=[LeftEntry("bob")]
+        )
+    )
+    assert tabs(room) == {"alice": 2, "carol": 1}, "a user already present keeps her count"
+    assert room.members["alice"].info == {"name": "A"}
+    assert events[-1].left == ("bob",)
+    room.sync_members(
+        Members(room="chat.r", count=1, connections=1, members=[MemberEntry("carol", None, 4)], truncated=True)
+    )
+    assert (events[-1].joined, events[-1].left) == ((), ("alice",))
+    assert tabs(room) == {"carol": 4} and room.members is view
+    with pytest.raises(TypeError):
+        room.members["x"] = jetsock.PresenceMember("x")  # type: ignore[index]
+    room.end(None)
+    assert dict(room.members) == {}

@@ -18,7 +18,10 @@ const caught = (promise) =>
 // Node 20's mock.timers.tick(ms) moves Date to the end of the whole step before
 // it runs the due callbacks, and skips timers those callbacks set. Advancing in
 // small steps keeps Date.now() right inside timer callbacks.
+const pick = (err) => [err.code, err.room];
+
 function advance(ms, step = 1) {
+  if (ms <= 0) return mock.timers.tick(0); // a 0 ms timer (a backoff draw of 0) is due now
   for (let left = ms; left > 0; left -= step) mock.timers.tick(Math.min(step, left));
 }
 
@@ -362,7 +365,7 @@ describe("Jetsock client", () => {
     advance(120000, 100);
     await flush();
     assert.equal(env.sockets.length, 2);
-    assert.equal(env.client._timers.size, 0);
+    assert.equal(env.client._t.size, 0);
   });
 
   test("1009 and 4500: terminal", async () => {
@@ -606,7 +609,7 @@ describe("Jetsock client", () => {
     await assert.rejects(p, (e) => e.code === "closed");
     await assert.rejects(env.client.publish("chat.lobby", 2), (e) => e.code === "closed");
     assert.throws(() => env.client.join("chat.x"), (e) => e.code === "closed");
-    assert.equal(env.client._timers.size, 0);
+    assert.equal(env.client._t.size, 0);
     advance(600000, 100);
     await flush();
     assert.equal(env.sockets.length, 1);
@@ -988,7 +991,8 @@ describe("Jetsock client", () => {
       assert.equal(env.client.state, "disconnected");
     });
 
-    test("client.ready(): at once when connected, else on the next connected; rejects on close, timeout, abort", async () => {
+    test("client.ready(): at once when connected, else on the next connected; rejects on close, timeout, abort", async (t) => {
+      t.mock.method(Math, "random", () => 0.5); // the reconnect waits 500 ms: not within the 100 ms below
       const env = setup();
       const first = env.client.ready();
       const ws = await connect(env);
@@ -1011,7 +1015,7 @@ describe("Jetsock client", () => {
       env.client.close();
       await assert.rejects(onClose, (e) => e.code === "closed" && e.closeCode === 1000);
       await assert.rejects(env.client.ready(), (e) => e.code === "closed" && e.closeCode === 1000);
-      assert.equal(env.client._timers.size, 0);
+      assert.equal(env.client._t.size, 0);
     });
   });
 
@@ -1202,6 +1206,185 @@ describe("Jetsock client", () => {
     });
   });
 
+  describe("presence", () => {
+    const ROOM = "chat.lobby";
+    const PRESENCE = { features: ["history", "presence"] };
+    const joined = (ws, ref) => ws.recv({ type: "joined", room: ROOM, epoch: "e1", seq: 1, recovered: false, ref });
+    const members = (ws, who, list, extra = {}) =>
+      ws.recv({
+        type: "members",
+        room: ROOM,
+        count: list.length,
+        connections: list.reduce((n, m) => n + m.connections, 0),
+        members: list,
+        truncated: false,
+        ref: who.ref,
+        ...extra,
+      });
+    const alice = { sub: "alice", info: { name: "Alice" }, connections: 2 };
+    const bob = { sub: "bob", connections: 1 };
+    const snapshot = (room) => Object.fromEntries(room.members);
+
+    test("a who after joined (welcome.features has presence): the answer fills members and is told as an event", async () => {
+      const env = setup();
+      const events = [];
+      const room = env.client.join(ROOM, { onPresence: (e) => events.push(e) });
+      const ws = await connect(env, PRESENCE);
+      assert.deepEqual(env.client.features, ["history", "presence"]);
+      assert.deepEqual(ws.frames("who"), [], "not before joined");
+      joined(ws, 1);
+      const [who] = ws.frames("who");
+      assert.deepEqual(who, { type: "who", room: ROOM, ref: who.ref });
+      members(ws, who, [alice, bob]);
+      assert.deepEqual(snapshot(room), { alice, bob });
+      assert.deepEqual(events, [{ joined: [alice, bob], left: [] }]);
+
+      // Events: the first connection of carol joined, bob's last left; alice joined again
+      // (as the server may say after a batch) keeps her count.
+      const carol = { sub: "carol", info: { name: "Carol" } };
+      ws.recv({ type: "presence", room: ROOM, joined: [carol, { sub: "alice", info: { name: "Alice B." } }], left: [{ sub: "bob" }] });
+      assert.deepEqual(snapshot(room), {
+        alice: { sub: "alice", info: { name: "Alice B." }, connections: 2 },
+        carol: { ...carol, connections: 1 },
+      });
+      assert.deepEqual(events[1], { joined: [carol, { sub: "alice", info: { name: "Alice B." } }], left: [{ sub: "bob" }] });
+      ws.recv({ type: "presence", room: "chat.other", joined: [bob], left: [] }); // not ours: nothing
+      assert.equal(events.length, 2);
+      assert.equal(ws.frames("who").length, 1, "events ask nothing");
+      assert.deepEqual(env.errors, []);
+
+      // A node without presence: no who at all.
+      const plain = setup();
+      const other = plain.client.join(ROOM);
+      const ws2 = await connect(plain);
+      assert.deepEqual(plain.client.features, []);
+      joined(ws2, 1);
+      assert.deepEqual(ws2.frames("who"), []);
+      assert.equal(other.members.size, 0);
+    });
+
+    test("every rejoin resyncs with a who: the difference is told, members stay the same Map", async () => {
+      const env = setup();
+      const events = [];
+      const room = env.client.join(ROOM);
+      room.on("presence", (e) => events.push(e));
+      const map = room.members;
+      const ws1 = await connect(env, PRESENCE);
+      joined(ws1, 1);
+      members(ws1, ws1.frames("who")[0], [alice, bob]);
+      ws1.drop(1006);
+      assert.equal(room.state, "joining");
+      assert.deepEqual(snapshot(room), { alice, bob }, "kept while rejoining");
+      const ws2 = await reconnect(env, PRESENCE);
+      assert.deepEqual(ws2.frames("who"), [], "asked after the rejoin's joined");
+      const [join] = ws2.frames("join");
+      joined(ws2, join.ref);
+      const [who] = ws2.frames("who");
+      const dave = { sub: "dave", connections: 3 };
+      const alone = { ...alice, connections: 1 };
+      members(ws2, who, [alone, dave]); // bob left and dave joined while we were away
+      assert.equal(room.members, map);
+      assert.deepEqual(snapshot(room), { alice: alone, dave });
+      assert.deepEqual(events.at(-1), { joined: [dave], left: [{ sub: "bob" }] });
+      // A who of our own with only counts changed: an event with nothing in it.
+      const asked = room.presence();
+      const [, mine] = ws2.frames("who");
+      members(ws2, mine, [alice, dave]);
+      assert.deepEqual(await asked, { room: ROOM, count: 2, connections: 5, members: [alice, dave], truncated: false });
+      assert.deepEqual(events.at(-1), { joined: [], left: [] });
+      assert.equal(room.members.get("alice").connections, 2);
+    });
+
+    test("forbidden or bad_request stop the automatic who of that room, quietly; room.presence() still asks", async () => {
+      const env = setup();
+      const room = env.client.join(ROOM);
+      const open = env.client.join("chat.open");
+      const ws1 = await connect(env, PRESENCE);
+      joined(ws1, 1);
+      ws1.recv({ type: "joined", room: "chat.open", epoch: "e1", seq: 1, recovered: false, ref: 2 });
+      const [w1, w2] = ws1.frames("who");
+      assert.deepEqual([w1.room, w2.room], [ROOM, "chat.open"]);
+      ws1.recv({ type: "error", code: "forbidden", message: "no right", ref: w1.ref });
+      ws1.recv({ type: "error", code: "internal", message: "oops", ref: w2.ref }); // not a refusal of presence
+      await flush();
+      assert.deepEqual(env.errors, [], "nothing reported");
+      assert.equal(room.state, "joined");
+
+      ws1.drop(1006);
+      const ws2 = await reconnect(env, PRESENCE);
+      for (const join of ws2.frames("join")) ws2.recv({ type: "joined", room: join.room, epoch: "e1", seq: 1, recovered: true, ref: join.ref });
+      assert.deepEqual(ws2.frames("who").map((w) => w.room), ["chat.open"], "the forbidden room asks no more");
+      ws2.recv({ type: "error", code: "bad_request", message: "presence is not kept", ref: ws2.frames("who")[0].ref });
+      await flush();
+
+      // Asked for by the application: sent, and the refusal rejects.
+      const refused = room.presence();
+      const [, who] = ws2.frames("who");
+      assert.equal(who.room, ROOM);
+      ws2.recv({ type: "error", code: "forbidden", message: "no right", ref: who.ref });
+      const err = await caught(refused);
+      assert.deepEqual([err instanceof JetsockError, err.code, err.room], [true, "forbidden", ROOM]);
+
+      ws2.drop(1006);
+      const ws3 = await reconnect(env, PRESENCE);
+      for (const join of ws3.frames("join")) ws3.recv({ type: "joined", room: join.room, epoch: "e1", seq: 1, recovered: true, ref: join.ref });
+      assert.deepEqual(ws3.frames("who"), [], "bad_request stopped chat.open too");
+      assert.deepEqual(env.errors, []);
+      assert.equal(open.members.size, 0);
+    });
+
+    test("presence(): queued while down, retried on rate_limited / unavailable, resent after a drop; errors reject", async () => {
+      const env = setup();
+      const answer = env.client.presence(ROOM, { timeoutMs: 0 }); // a room not joined: who needs no membership
+      const ws1 = await connect(env);
+      const [first] = ws1.frames("who");
+      assert.deepEqual(first, { type: "who", room: ROOM, ref: first.ref });
+      ws1.recv({ type: "error", code: "rate_limited", message: "slow down", ref: first.ref });
+      assert.equal(ws1.frames("who").length, 1, "not at once");
+      advance(1000);
+      const [, second] = ws1.frames("who");
+      ws1.recv({ type: "error", code: "unavailable", message: "later", ref: second.ref });
+      ws1.drop(1006);
+      const ws2 = await reconnect(env);
+      const [again] = ws2.frames("who");
+      assert.equal(again.room, ROOM);
+      members(ws2, again, [bob], { truncated: true });
+      assert.deepEqual(await answer, { room: ROOM, count: 1, connections: 1, members: [bob], truncated: true });
+
+      const slow = env.client.presence(ROOM);
+      advance(RULES.defaults.requestTimeoutMs);
+      assert.deepEqual(pick(await caught(slow)), ["timeout", ROOM]);
+      assert.equal((await caught(env.client.presence("bad room"))).code, "invalid_room");
+      const aborted = env.client.presence(ROOM, { signal: AbortSignal.abort() });
+      assert.equal((await caught(aborted)).code, "aborted");
+      const late = env.client.presence(ROOM);
+      env.client.close();
+      assert.equal((await caught(late)).code, "closed");
+      assert.deepEqual(env.errors, []);
+    });
+
+    test("members are cleared when the room leaves; an answer after that changes nothing", async () => {
+      const env = setup();
+      const room = env.client.join(ROOM);
+      const ws = await connect(env, PRESENCE);
+      joined(ws, 1);
+      members(ws, ws.frames("who")[0], [alice]);
+      const asked = room.presence();
+      const [, who] = ws.frames("who");
+      const leaving = room.leave();
+      assert.equal(room.members.size, 0);
+      const events = [];
+      room.on("presence", (e) => events.push(e));
+      members(ws, who, [alice, bob]);
+      assert.equal((await asked).count, 2, "the promise still resolves");
+      assert.equal(room.members.size, 0);
+      ws.recv({ type: "presence", room: ROOM, joined: [bob], left: [] });
+      assert.deepEqual(events, []);
+      ws.recv({ type: "left", room: ROOM, ref: ws.frames("leave")[0].ref });
+      await leaving;
+    });
+  });
+
   describe("publishes", () => {
     test("timeout: rejects, is not sent again; a retry timer is cancelled", async () => {
       const env = setup({ options: { publishTimeoutMs: 3000 } });
@@ -1294,7 +1477,7 @@ describe("Jetsock client", () => {
         assert.ok(rr.code === "logged_out" && rr.room === "chat.lobby" && rr.closeCode === 4501, rr);
       }
       await assert.rejects(env.client.publish("chat.lobby", 1), (e) => e.code === "logged_out");
-      assert.equal(env.client._timers.size, 0);
+      assert.equal(env.client._t.size, 0);
     }
 
     test("logged out (null) at the first connect: closed at once, no socket", async () => {

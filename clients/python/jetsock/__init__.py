@@ -8,6 +8,8 @@ async with jetsock.connect("wss://example.com/ws", token=get_token) as client:
     room = await client.join("chat.lobby", last=50)  # the newest 50 first, then live
     seq, duplicate = await room.publish({"text": "hi"})
     page = await room.history(before=seq, limit=50)  # older ones: page.messages, page.more
+    room.on_presence(lambda event: print(event.joined, event.left, dict(room.members)))
+    who = await room.presence()  # who.count, who.members (in presence rooms)
     async for message in room:
         print(message.seq, message.data)
 ```
@@ -43,6 +45,11 @@ from jetsock.room import (
     Message,
     MessageListener,
     Messages,
+    Presence,
+    PresenceEvent,
+    PresenceEvents,
+    PresenceListener,
+    PresenceMember,
     ResetCallback,
     ResetInfo,
     Room,
@@ -71,6 +78,11 @@ __all__ = [
     "MessageListener",
     "Messages",
     "Options",
+    "Presence",
+    "PresenceEvent",
+    "PresenceEvents",
+    "PresenceListener",
+    "PresenceMember",
     "PublishQueueFull",
     "PublishTimeout",
     "Reconnect",

@@ -36,19 +36,24 @@ from jetsock.errors import (
     ClosedError,
     FrameTooLarge,
     InvalidRoom,
+    JetsockError,
     PublishQueueFull,
     PublishTimeout,
     RequestTimeout,
     RoomLeft,
     ServerError,
 )
+from jetsock.frames import Incoming as ServerFrame
+from jetsock.frames import Members
+from jetsock.frames import Presence as PresenceFrame
 from jetsock.link import Disconnected, Link, Outcome
 from jetsock.policy import RETRYABLE_ERRORS, Backoff, room_name_error
 from jetsock.reconnect import BadToken, Tokens, TokenSource, logged_out, reconnect_forever
-from jetsock.room import Ack, HistoryPage, ResetCallback, Room, message_of
+from jetsock.room import Ack, HistoryPage, Presence, ResetCallback, Room, message_of, presence_of
 from jetsock.state import State, StateInfo, StateListener, States
 from schemas import Ack as AckFrame
 from schemas import (
+    ClientFrame,
     Error,
     Expiring,
     History,
@@ -62,8 +67,8 @@ from schemas import (
     Refresh,
     Refreshed,
     Reset,
-    ServerFrame,
     Welcome,
+    Who,
 )
 from schemas import HistoryPage as HistoryFrame
 
@@ -114,6 +119,7 @@ class Options(TypedDict, total=False):
     max_queued: int
     max_pending_publishes: int
     max_frame_bytes: int
+    compress: bool
     draw: Callable[[], float]
 
 
@@ -146,6 +152,9 @@ class Client:
     - `max_queued` (formerly `max_pending_publishes`): publishes not yet
       acked, queued or in flight; past it `publish` raises `PublishQueueFull`;
     - `max_frame_bytes`: the server's limit, checked before sending;
+    - `compress`: offer permessage-deflate (True, the default): the edge then
+      sends room messages of 256 bytes or more compressed, and this client
+      compresses what it sends; False: no offer, every frame goes plain;
     - `draw`: the random source for jitter (tests make it deterministic).
     """
 
@@ -163,6 +172,7 @@ class Client:
         max_queued: int = rules.MAX_QUEUED,
         max_pending_publishes: int | None = None,
         max_frame_bytes: int = rules.MAX_FRAME_BYTES,
+        compress: bool = True,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.url = url
@@ -175,6 +185,7 @@ class Client:
         self._request_timeout = request_timeout
         self._max_queued = max_pending_publishes if max_pending_publishes is not None else max_queued
         self._max_frame_bytes = max_frame_bytes
+        self._compress = compress
         self._draw = draw
 
         self._states = States()
@@ -409,6 +420,33 @@ class Client:
         `InvalidRoom`, `ServerError` (`forbidden`, `bad_request`, ...) or `ClosedError`,
         each naming `room`.
         """
+        reply = await self._ask(
+            room, lambda ref: History(room=room, before=before, limit=limit, ref=ref), timeout, "no history page"
+        )
+        assert isinstance(reply, HistoryFrame)
+        messages = [message_of(m) for m in _decode_messages(reply.messages)]
+        return HistoryPage(reply.room, reply.epoch, messages, reply.more)
+
+    async def presence(self, room: str, timeout: float | None = None) -> Presence:
+        """Who is present in `room` (a `who`): `Presence(room, count, connections, members,
+        truncated)`, members sorted by `sub`. Needs the token's `rooms.presence` right for the
+        room, not membership. A joined `Room` of that name replaces its `members` with the
+        answer (and tells the difference to its presence listeners).
+
+        Waits for a connection, is sent again after a reconnect and after `rate_limited` or
+        `unavailable`, like `history`. Raises `ServerError` (`forbidden` without the right,
+        `bad_request` for a room that keeps no presence), `InvalidRoom`, `ClosedError`, or
+        `RequestTimeout` after `timeout` seconds (None: the client's `request_timeout`; 0: none).
+        """
+        reply = await self._ask(room, lambda ref: Who(room=room, ref=ref), timeout, "no presence answer")
+        assert isinstance(reply, Members)
+        return presence_of(reply)
+
+    async def _ask(
+        self, room: str, make: Callable[[int], ClientFrame], timeout: float | None, late: str
+    ) -> ServerFrame:
+        """A request about `room` held until answered: sent once connected, again after a
+        reconnect and after a retryable refusal (equal jitter); `late` names a timeout."""
         self._check_open(room)
         problem = room_name_error(room)
         if problem is not None:
@@ -425,9 +463,7 @@ class Client:
                         await self._states.changed()
                         continue
                     try:
-                        reply = await link.request(
-                            lambda ref: History(room=room, before=before, limit=limit, ref=ref), bounded=False
-                        )
+                        return await link.request(make, bounded=False)
                     except Disconnected:
                         continue  # Sent again on the next connection.
                     except ServerError as exc:
@@ -435,14 +471,31 @@ class Client:
                             raise ServerError(exc.code, exc.message, room=room) from None
                         tries += 1
                         await asyncio.sleep(self._backoff.retry_delay(tries, self._draw()))
-                        continue
-                    assert isinstance(reply, HistoryFrame)
-                    messages = [message_of(m) for m in _decode_messages(reply.messages)]
-                    return HistoryPage(reply.room, reply.epoch, messages, reply.more)
         except TimeoutError:
             if deadline.expired():
-                raise RequestTimeout(f"no history page within {seconds:g} s", room=room) from None
+                raise RequestTimeout(f"{late} within {seconds:g} s", room=room) from None
             raise
+
+    def _ask_who(self, room: Room) -> None:
+        """After each `joined`, on a node with presence: who is there (events are at most once,
+        so every rejoin resyncs). `forbidden` (the token lacks `rooms.presence`) or
+        `bad_request` (the room keeps no presence) stops this room asking, quietly."""
+        welcome = self.welcome
+        if not room.who_wanted or room.who_asking or welcome is None or "presence" not in (welcome.features or ()):
+            return
+        room.who_asking = True
+        self._spawn(self._who_after_join(room))
+
+    async def _who_after_join(self, room: Room) -> None:
+        try:
+            await self.presence(room.name)
+        except ServerError as exc:
+            if exc.code in ("forbidden", "bad_request"):
+                room.who_wanted = False
+        except JetsockError:
+            pass  # A timeout, or the client closed: the next joined asks again.
+        finally:
+            room.who_asking = False
 
     def _leave(self, room: Room) -> Awaitable[None]:
         """`room.leave()`: the room is left here at once; on the server once `left` arrived."""
@@ -521,6 +574,7 @@ class Client:
             timeout=self._connect_timeout,
             refs=self._refs,
             request_timeout=self._request_timeout,
+            compress=self._compress,
         )
         if isinstance(link, str):
             return None, link, None
@@ -602,6 +656,16 @@ class Client:
                     self._spawn(self._refresh(link))
             case Refreshed() | Pong() | HistoryFrame():
                 link.reply(frame.ref, frame)
+            case Members():
+                # Replaced here, in the order of the frames, so that a `presence` event that
+                # follows the answer applies on top of it.
+                room = self._rooms.get(frame.room)
+                if link.reply(frame.ref, frame) and room is not None:
+                    room.sync_members(frame)
+            case PresenceFrame():
+                room = self._rooms.get(frame.room)
+                if room is not None and room.link is link:
+                    room.handle_presence(frame)
             case Error():
                 self._on_error(link, frame)
             case Welcome():
@@ -614,6 +678,7 @@ class Client:
         room, sent_since = entry
         if self._rooms.get(room.name) is room and room.link is link:
             room.handle_joined(frame, sent_since)
+            self._ask_who(room)
 
     def _on_left(self, link: Link, frame: Left) -> None:
         if frame.ref is not None:

@@ -9,6 +9,11 @@ A join with `last` asks for the room's newest `last` stored messages when there 
 position to resume from, or the resume fails: they come first (after the reset of a
 failed resume), then live ones, and `joined.replayed` says how many.
 
+In a presence room (PROTOCOL.md section 10) a room also keeps `members`: filled by a
+`who` the client sends after each `joined` (when the node's `welcome.features` has
+"presence"), kept up to date by `presence` events, and resynced by the `who` after every
+rejoin (events are at most once).
+
 A room is `joining` (asked, or waiting for a connection or a rejoin), `joined`
 (with the last `joined` frame's epoch, seq, recovered and replayed) or `left` (for good:
 by `leave()`, a refusal, the server's `left`, or the client closing; `error`
@@ -20,13 +25,16 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
 
 from jetsock.errors import JetsockError, RequestTimeout, RoomLeft, ServerError
+from jetsock.frames import MemberEntry, Members
+from jetsock.frames import Presence as PresenceFrame
 from jetsock.state import Listeners
 from schemas import Joined, Msg, Reset
 
@@ -81,6 +89,57 @@ class HistoryPage:
     epoch: str
     messages: list[Message]
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceMember:
+    """A present user: its token's `sub`, its `info` claim (a JSON object, None without one),
+    and its joined `connections` (tabs, devices), cluster-wide, as of the last `who`.
+
+    Events carry no counts: a user added by an event counts 1 until the next `who`, and
+    another tab of a user already present changes nothing until then.
+    """
+
+    sub: str
+    info: dict[str, Any] | None = None
+    connections: int = 1
+
+
+def member_of(entry: MemberEntry, connections: int = 1) -> PresenceMember:
+    count = entry.connections if entry.connections is not None else connections
+    return PresenceMember(entry.sub, entry.info, count)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Who is present in a room: the `who` answer (`members` frame).
+
+    `count` present users, `connections` their joined connections, `members` sorted by
+    `sub` (at most the server's `max_presence_list`, 1000 by default; `truncated` when cut).
+    """
+
+    room: str
+    count: int
+    connections: int
+    members: list[PresenceMember]
+    truncated: bool
+
+
+def presence_of(frame: Members) -> Presence:
+    members = [member_of(m) for m in frame.members]
+    return Presence(frame.room, frame.count, frame.connections, members, frame.truncated)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """Users whose first connection joined (`joined`, as now in `room.members`) or whose
+    last one left (`left`, their subs): after each `presence` frame (the server batches
+    them, at most one per `presence_interval`), and after each `who` answer that replaced
+    `room.members` (then the difference; both empty when only connection counts changed)."""
+
+    room: str
+    joined: tuple[PresenceMember, ...]
+    left: tuple[str, ...]
 
 
 class Ack(NamedTuple):
@@ -150,6 +209,7 @@ and the LeftInfo for `left`."""
 
 RoomStateListener = Callable[[RoomState, RoomInfo], object]
 MessageListener = Callable[[Message], object]
+PresenceListener = Callable[[PresenceEvent], object]
 ResetCallback = Callable[["Room", ResetInfo], Awaitable[None] | None]
 
 
@@ -199,6 +259,37 @@ class Messages:
         self._detach()
 
 
+class PresenceEvents:
+    """One consumer of a room's presence events (`room.presence_events()`), from its start.
+
+    Each has its own unbounded queue; it stops when the room leaves. `aclose()`, or
+    dropping it, detaches it from the room.
+    """
+
+    def __init__(self, room: Room, queue: asyncio.Queue[PresenceEvent | None]) -> None:
+        self._queue = queue
+        self._done = False
+        self._detach = weakref.finalize(self, room._presence_feeds.discard, queue)
+        self._detach.atexit = False
+
+    def __aiter__(self) -> PresenceEvents:
+        return self
+
+    async def __anext__(self) -> PresenceEvent:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is None:
+            self._done = True
+            self._detach()
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        self._done = True
+        self._detach()
+
+
 class Room:
     """A room of a client: its state, `publish`, `leave`, its messages.
 
@@ -244,6 +335,16 @@ class Room:
         self._resets: Listeners[[Room, ResetInfo]] = Listeners(f"reset listener of room {name}")
         if on_reset is not None:
             self._resets.add(on_reset)
+        self._presence: Listeners[[PresenceEvent]] = Listeners(f"presence listener of room {name}")
+        self._presence_feeds: set[asyncio.Queue[PresenceEvent | None]] = set()
+        self._members: dict[str, PresenceMember] = {}
+        self.members: Mapping[str, PresenceMember] = MappingProxyType(self._members)
+        """Who is present, by sub (a read-only live view): see the module's docstring. Empty
+        when the token lacks `rooms.presence` for the room or the room keeps no presence
+        (the client then stops asking, quietly), and after the room left."""
+        self.who_wanted = True
+        """The client may ask `who` after the next `joined` (False after `forbidden` / `bad_request`)."""
+        self.who_asking = False
         self._feeds: list[asyncio.Queue[Message | _End]] = []
         self._backlog: deque[Message] = deque()
         self._end: _End | None = None
@@ -332,6 +433,23 @@ class Room:
         """Call `listener(room, info)` when continuity is lost, before any message after `info.seq`."""
         return self._resets.add(listener)
 
+    async def presence(self, timeout: float | None = None) -> Presence:
+        """Who is present now (a `who`); `members` is replaced with the answer. See `Client.presence`."""
+        return await self._client.presence(self.name, timeout=timeout)
+
+    def on_presence(self, listener: PresenceListener) -> Callable[[], None]:
+        """Call `listener(event)` for every `PresenceEvent` from now on; returns a remover."""
+        return self._presence.add(listener)
+
+    def presence_events(self) -> PresenceEvents:
+        """A new iterator of this room's presence events, from now on; it stops when the room leaves."""
+        queue: asyncio.Queue[PresenceEvent | None] = asyncio.Queue()
+        if self.state == "left":
+            queue.put_nowait(None)
+        else:
+            self._presence_feeds.add(queue)
+        return PresenceEvents(self, queue)
+
     def messages(self) -> Messages:
         """A new iterator of this room's messages, from now on (plus what waits for the next iterator)."""
         queue: asyncio.Queue[Message | _End] = asyncio.Queue()
@@ -394,6 +512,33 @@ class Room:
         # callback runs strictly between the old messages and the new ones.
         self._resets.call(self, ResetInfo(self.name, frame.epoch, frame.seq, "reset"))
 
+    def handle_presence(self, frame: PresenceFrame) -> None:
+        """A `presence` event: applied to `members`, then told."""
+        members = self._members
+        joined = []
+        for user in frame.joined:
+            before = members.get(user.sub)
+            member = members[user.sub] = member_of(user, before.connections if before is not None else 1)
+            joined.append(member)
+        for gone in frame.left:
+            members.pop(gone.sub, None)
+        self._tell(PresenceEvent(self.name, tuple(joined), tuple(gone.sub for gone in frame.left)))
+
+    def sync_members(self, frame: Members) -> None:
+        """A `who` answer: `members` replaced; the difference told as an event."""
+        old = dict(self._members)
+        self._members.clear()
+        for user in frame.members:
+            self._members[user.sub] = member_of(user)
+        joined = tuple(m for sub, m in self._members.items() if sub not in old)
+        left = tuple(sub for sub in old if sub not in self._members)
+        self._tell(PresenceEvent(self.name, joined, left))
+
+    def _tell(self, event: PresenceEvent) -> None:
+        self._presence.call(event)
+        for queue in self._presence_feeds:
+            queue.put_nowait(event)
+
     def to_joining(self) -> None:
         """The connection ended: a joined room waits for its rejoin."""
         if self.state == "joined":
@@ -417,6 +562,10 @@ class Room:
         feeds, self._feeds = self._feeds, []
         for queue in feeds:
             queue.put_nowait(self._end)
+        self._members.clear()
+        presence_feeds, self._presence_feeds = self._presence_feeds, set()
+        for presence_queue in presence_feeds:
+            presence_queue.put_nowait(None)
         self._set("left", left_info(error))
 
     def _set(self, state: RoomState, info: RoomInfo) -> None:

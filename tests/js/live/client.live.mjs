@@ -5,6 +5,7 @@
 //   JETSOCK_TEST_SECRET  the edge's HS256 secret (tokens are minted here with node:crypto)
 //   JETSOCK_TEST_MAX_ROOMS  the edge's max_rooms_per_connection (default 100)
 //   JETSOCK_TEST_MAX_REPLAY the edge's max_replay (a resume missing more is not recovered)
+//   JETSOCK_TEST_PRESENCE_ROOMS the edge's presence_rooms (rooms named live.presence.*)
 // The file name does not match node's test patterns, so `node --test tests/js/` skips it;
 // run it by name: node --test tests/js/live/client.live.mjs
 
@@ -31,9 +32,11 @@ function need(name) {
 const b64url = (value) => Buffer.from(typeof value == "string" ? value : JSON.stringify(value)).toString("base64url");
 
 /** An HS256 JWT as the edge expects it (PROTOCOL.md section 3). */
-function mint({ sub = "alice", ttl = 3600, join = [">"], publish = [">"] } = {}) {
+function mint({ sub = "alice", ttl = 3600, join = [">"], publish = [">"], presence, info } = {}) {
   const now = Math.floor(Date.now() / 1000);
-  const head = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url({ sub, iat: now, exp: now + ttl, rooms: { join, publish } })}`;
+  const rooms = presence ? { join, publish, presence } : { join, publish };
+  const claims = { sub, iat: now, exp: now + ttl, rooms, ...(info ? { info } : {}) };
+  const head = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url(claims)}`;
   return `${head}.${createHmac("sha256", SECRET).update(head).digest("base64url")}`;
 }
 
@@ -374,4 +377,99 @@ test("a resume that fails, with last: reset first, then the newest messages, the
   await two;
   assert.deepEqual(seen, ["not_recovered", ...three.slice(-2)]);
   assert.deepEqual(c.errors, []);
+});
+
+// --- presence (PROTOCOL.md section 10): the edge keeps it for live.presence.* rooms ---
+
+const PRESENCE_ROOMS = need("JETSOCK_TEST_PRESENCE_ROOMS");
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const seeing = (sub) => mint({ sub, presence: [PRESENCE_ROOMS], info: { name: sub.toUpperCase() } });
+
+/** Wait until `check()` holds. */
+async function until(check, what, timeoutMs = 10000) {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    await sleep(20);
+  }
+}
+
+const tabs = (room) => Object.fromEntries([...room.members.values()].map((m) => [m.sub, m.connections]));
+
+test("presence: two users see each other join and leave; two tabs of one user count once", TIMEOUT, async () => {
+  const name = roomName("presence");
+  const ann1 = client({ token: seeing("ann") });
+  const annRoom = ann1.join(name);
+  await until(() => annRoom.members.has("ann"), "ann sees herself");
+  assert.ok(ann1.features.includes("presence"));
+  assert.deepEqual(annRoom.members.get("ann"), { sub: "ann", info: { name: "ANN" }, connections: 1 });
+
+  const ben = client({ token: seeing("ben") });
+  const benEvents = [];
+  const benRoom = ben.join(name, { onPresence: (e) => benEvents.push(e) });
+  await until(() => benRoom.members.size === 2, "ben sees both");
+  await until(() => annRoom.members.has("ben"), "ann hears of ben");
+  assert.deepEqual(annRoom.members.get("ben"), { sub: "ben", info: { name: "BEN" }, connections: 1 });
+  assert.ok(benEvents[0].joined.some((u) => u.sub === "ann"), "the first who is told as an event");
+
+  // A second tab of ann: she is present once, with two connections.
+  const ann2 = client({ token: seeing("ann") });
+  const secondTab = ann2.join(name);
+  await until(() => secondTab.members.get("ann")?.connections === 2, "the new tab counts two");
+  const who = await benRoom.presence();
+  assert.deepEqual([who.room, who.count, who.connections, who.truncated], [name, 2, 3, false]);
+  assert.deepEqual(who.members.map((m) => [m.sub, m.info, m.connections]), [
+    ["ann", { name: "ANN" }, 2],
+    ["ben", { name: "BEN" }, 1],
+  ]);
+  assert.deepEqual(tabs(benRoom), { ann: 2, ben: 1 }, "the answer replaced the members");
+
+  // One tab closes: ann stays, with one connection; the other: she is gone.
+  ann2.close();
+  await sleep(400);
+  await benRoom.presence();
+  assert.deepEqual(tabs(benRoom), { ann: 1, ben: 1 });
+  const left = benEvents.length;
+  ann1.close();
+  await until(() => !benRoom.members.has("ann"), "ben hears ann left");
+  assert.deepEqual(tabs(benRoom), { ben: 1 });
+  assert.ok(benEvents.slice(left).some((e) => e.left.some((u) => u.sub === "ann")));
+  assert.equal((await ben.presence(name)).count, 1);
+  assert.deepEqual(annRoom.members.size, 0, "a closed client's rooms have no members");
+  assert.deepEqual([...ann1.errors, ...ben.errors], []);
+});
+
+test("presence: a rejoin resyncs the members with a who", TIMEOUT, async () => {
+  const name = roomName("presence");
+  const cat = client({ token: seeing("cat") });
+  const dan = client({ token: seeing("dan") });
+  const room = cat.join(name);
+  dan.join(name);
+  await until(() => room.members.size === 2, "cat sees both");
+  const events = [];
+  room.on("presence", (e) => events.push(e));
+  cat.disconnect();
+  await reach(cat, "disconnected");
+  dan.close(); // cat cannot hear of it: she is away
+  await sleep(300);
+  assert.deepEqual(tabs(room), { cat: 1, dan: 1 }, "kept while away");
+  cat.connect();
+  await until(() => !room.members.has("dan"), "the who after the rejoin");
+  assert.deepEqual(tabs(room), { cat: 1 });
+  assert.ok(events.some((e) => e.left.some((u) => u.sub === "dan")));
+});
+
+test("presence: without the right, or in a room without presence, members stay empty and presence() rejects", TIMEOUT, async () => {
+  const plain = client(); // a token without rooms.presence
+  const room = plain.join(roomName("presence"));
+  await room.ready();
+  await sleep(300);
+  assert.equal(room.members.size, 0);
+  await assert.rejects(room.presence(), (e) => e instanceof JetsockError && e.code === "forbidden" && e.room === room.name);
+  const seer = client({ token: mint({ sub: "eve", presence: [">"] }) });
+  const elsewhere = seer.join(roomName("nopresence"));
+  await elsewhere.ready();
+  await assert.rejects(elsewhere.presence(), (e) => e.code === "bad_request");
+  await assert.rejects(seer.presence("not a room"), (e) => e.code === "invalid_room");
+  assert.deepEqual([...plain.errors, ...seer.errors], [], "the automatic who fails quietly");
 });

@@ -19,6 +19,11 @@ import Default, {
   type ConnectedInfo,
   type HistoryPage,
   type HistoryOptions,
+  type JSONObject,
+  type Presence,
+  type PresenceEvent,
+  type PresenceMember,
+  type PresenceUser,
 } from "../../../clients/js/jetsock.js";
 
 interface Chat {
@@ -126,6 +131,40 @@ async function uses(): Promise<void> {
   const first: JSONValue | undefined = untyped.messages[0]?.data;
   const typed: HistoryPage<number> = await client.history<number>("chat.numbers");
   await withLast.history();
+
+  // Presence: members kept by the client, events, who on demand; `info` typed per room.
+  interface Profile {
+    name: string;
+    avatar?: string;
+  }
+  const seen: string[] = [];
+  const lobby: Room<Chat, Profile> = client.join<Chat, Profile>("chat.people", {
+    onPresence: ({ joined, left }) => seen.push(...joined.map((u) => u.info?.name ?? u.sub), ...left.map((u) => u.sub)),
+  });
+  lobby.on("presence", (event: PresenceEvent<Profile>) => {
+    const firstJoined: PresenceUser<Profile> | undefined = event.joined[0];
+    const leftSub: string | undefined = event.left[0]?.sub;
+    void [firstJoined, leftSub];
+  });
+  lobby.once("presence", () => {});
+  const members: ReadonlyMap<string, PresenceMember<Profile>> = lobby.members;
+  for (const [sub, member] of lobby.members) {
+    const tabs: number = member.connections;
+    const name: string = member.info?.name ?? sub;
+    void [tabs, name];
+  }
+  const who: Presence<Profile> = await lobby.presence({ timeoutMs: 2000, signal: new AbortController().signal });
+  const counts: [number, number, boolean, string] = [who.count, who.connections, who.truncated, who.room];
+  const firstInfo: Profile | undefined = who.members[0]?.info;
+  const plain: Presence = await client.presence("chat.people");
+  const plainInfo: JSONObject | undefined = plain.members[0]?.info;
+  const typedWho: Presence<Profile> = await client.presence<Profile>("chat.people");
+  const defaultRoom: Room = client.join("chat.default");
+  const defaultInfo: JSONValue | undefined = defaultRoom.members.get("bob")?.info?.name;
+  const features: readonly string[] = client.features;
+  const onPresence = (event: PresenceEvent<Profile>) => event.left.length;
+  lobby.on("presence", onPresence);
+  lobby.off("presence", onPresence);
 
   const controller = new AbortController();
   const result: PublishResult = await room.publish({ text: "hi" }, { id: "m-1", timeoutMs: 1000, signal: controller.signal });
@@ -250,7 +289,26 @@ async function uses(): Promise<void> {
   const wrong: HistoryPage<number> = await room.history();
   // @ts-expect-error: history needs a room name
   client.history();
+  // @ts-expect-error: members is read-only
+  lobby.members.set("eve", { sub: "eve", connections: 1 });
+  // @ts-expect-error: members is read-only (the property too)
+  lobby.members = new Map();
+  // @ts-expect-error: info has the room's info type
+  const wrongInfo: number | undefined = lobby.members.get("bob")?.info;
+  // @ts-expect-error: a presence listener gets a PresenceEvent
+  lobby.on("presence", (event: JoinedInfo) => event);
+  // @ts-expect-error: left users are {sub}, not strings
+  lobby.on("presence", ({ left }) => left.map((s: string) => s));
+  // @ts-expect-error: presence takes no history options
+  lobby.presence({ before: 3 });
+  // @ts-expect-error: client.presence needs a room name
+  client.presence();
+  // @ts-expect-error: onPresence gets the event
+  client.join("chat.x", { onPresence: (count: number) => count });
+  // @ts-expect-error: features is read-only
+  client.features.push("x");
 
+  void [members, counts, firstInfo, plainInfo, typedWho, defaultInfo, features, seen, wrongInfo];
   void [replayed, joinedReplayed, texts, more, pageEpoch, first, typed, wrong];
   void [info, joined, seq, lastSeq, state, error, recovered, result, compatible, value, policy, min, delay, maxQueued, pattern];
 }
