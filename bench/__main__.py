@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.conductor import progress
 from bench.machine import describe
 from bench.report import RESULTS, write_report
-from bench.scenarios import FULL, JETSOCK_ONLY, QUICK, SCENARIOS
+from bench.scenarios import FULL, JETSOCK_ONLY, QUICK, SCENARIOS, Scale
 from bench.systems import DEFAULT_SYSTEMS, SYSTEMS
 
 FIXED_KEYS = (
@@ -37,8 +37,9 @@ FIXED_KEYS = (
 what a scenario measures goes to results/details/<scenario>-<system>.json."""
 
 
-async def run(scenarios: list[str], systems: list[str], quick: bool, results: Path) -> None:
-    scale = QUICK if quick else FULL
+async def run(scenarios: list[str], systems: list[str], quick: bool, results: Path, scale: Scale | None = None) -> None:
+    """Run and record; `scale` replaces the quick or full one (the harness's smoke tests, tinier)."""
+    scale = scale or (QUICK if quick else FULL)
     machine = {**describe(), "scale": "quick" if quick else "full"}
     (results / "details").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

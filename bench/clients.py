@@ -16,12 +16,12 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from bench import hist
+from bench import hist, payloads
 from bench.wire import WsProtocol, handshake
 from jetsock.policy import Backoff, Reconnect, decide, reconnect_delay
 
@@ -53,6 +53,33 @@ class JetsockFrame(msgspec.Struct):
     ref: int | str | None = None
 
 
+class PresenceSub(msgspec.Struct):
+    """One entry of a `presence` frame's `joined`/`left`, or of `members`: only `sub` is read."""
+
+    sub: str
+
+
+class PresenceFrame(msgspec.Struct):
+    """A `presence` event (PROTOCOL.md section 10): users who joined or left during one interval."""
+
+    type: str
+    room: str = ""
+    joined: list[PresenceSub] = []
+    left: list[PresenceSub] = []
+
+
+class MembersFrame(msgspec.Struct):
+    """The reply to `who`."""
+
+    type: str
+    room: str = ""
+    count: int = 0
+    connections: int = 0
+    members: list[PresenceSub] = []
+    truncated: bool = False
+    ref: int | str | None = None
+
+
 class SioMessage(msgspec.Struct):
     room: str
     t: float = 0.0
@@ -60,9 +87,11 @@ class SioMessage(msgspec.Struct):
 
 
 _decode_jetsock = msgspec.json.Decoder(JetsockFrame).decode
+_decode_presence = msgspec.json.Decoder(PresenceFrame).decode
+_decode_members = msgspec.json.Decoder(MembersFrame).decode
 _decode_sio_event = msgspec.json.Decoder(tuple[str, SioMessage]).decode
 _encode = msgspec.json.Encoder().encode
-PAD = "x" * 70
+PAD = payloads.PAD
 """Makes `data` about 100 bytes, as the issue's fan-out asks."""
 
 
@@ -72,6 +101,8 @@ class Stats:
     def __init__(self) -> None:
         self.connected = 0
         self.opened = 0
+        self.wire_bytes = 0
+        """Bytes on the wire (frame headers included) of the room messages counted in `deliveries`."""
         self.failed = 0
         self.reconnects = 0
         self.deliveries = 0
@@ -83,6 +114,8 @@ class Stats:
         self.histogram: dict[int, int] = {}
         self.pages = PageStats()
         """`history` pages asked and answered (the history scenario)."""
+        self.presence = PresenceStats()
+        """`presence` events and `who` replies (the presence scenario)."""
         self.closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.expected: dict[str, int] = {}
@@ -91,6 +124,8 @@ class Stats:
 
     def delivered(self, room: str, sent_ms: float, number: int, client: BenchClient) -> None:
         self.deliveries += 1
+        if client.proto is not None:
+            self.wire_bytes += client.proto.frame_bytes
         if sent_ms:
             self.sample(sent_ms)
         if number:
@@ -113,6 +148,7 @@ class Stats:
 
     def reset(self) -> None:
         self.deliveries = 0
+        self.wire_bytes = 0
         self.acks = 0
         self.histogram = {}
 
@@ -123,6 +159,7 @@ class Stats:
             "failed": self.failed,
             "reconnects": self.reconnects,
             "deliveries": self.deliveries,
+            "wire_bytes": self.wire_bytes,
             "acks": self.acks,
             "lost": self.lost,
             "duplicates": self.duplicates,
@@ -171,6 +208,91 @@ class PageStats:
         }
 
 
+class PresenceStats:
+    """The presence scenario's counts in one load-generator process.
+
+    Event delay: a tracked client (a user of the scenario) writes the unix ms at which it
+    sent its join or its leave under its `sub`; a sampled watcher that receives a `presence`
+    frame naming that `sub` counts the time since. Only the users of this process can be
+    matched (their times are here), which is a sample of every user: the scenario interleaves
+    users over the processes. Unsampled watchers only count frames and bytes.
+    """
+
+    def __init__(self) -> None:
+        self.joins_sent: dict[str, float] = {}
+        self.leaves_sent: dict[str, float] = {}
+        self.reset()
+        self.who_reset()
+
+    def reset(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+        self.joined_seen = 0
+        self.left_seen = 0
+        """Entries of `joined`/`left` read by the sampled watchers (all users, matched or not)."""
+        self.join_delay: dict[int, int] = {}
+        self.leave_delay: dict[int, int] = {}
+        self.unmatched = 0
+        """Entries naming one of this process's users whose send time is later than the event: none expected."""
+
+    def who_reset(self) -> None:
+        self.who_sent = 0
+        self.who_answered = 0
+        self.who_errors = 0
+        self.who_by_port: dict[str, dict[int, int]] = {}
+        """Request-to-reply latency histogram per edge port."""
+        self.who_counts: list[int] = []
+        """The smallest and largest `count` answered."""
+        self.who_listed = 0
+        self.who_truncated = 0
+
+    def event(self, frame: PresenceFrame) -> None:
+        now = time.time() * 1000.0
+        self.joined_seen += len(frame.joined)
+        self.left_seen += len(frame.left)
+        for entries, sent, histogram in (
+            (frame.joined, self.joins_sent, self.join_delay),
+            (frame.left, self.leaves_sent, self.leave_delay),
+        ):
+            for entry in entries:
+                at = sent.get(entry.sub)
+                if at is None:
+                    continue
+                if at > now:
+                    self.unmatched += 1
+                    continue
+                key = hist.bucket(now - at)
+                histogram[key] = histogram.get(key, 0) + 1
+
+    def answer(self, port: int, started: float, frame: MembersFrame) -> None:
+        key = hist.bucket((time.perf_counter() - started) * 1000.0)
+        histogram = self.who_by_port.setdefault(str(port), {})
+        histogram[key] = histogram.get(key, 0) + 1
+        self.who_answered += 1
+        self.who_listed = max(self.who_listed, len(frame.members))
+        self.who_truncated += frame.truncated
+        counts = self.who_counts
+        self.who_counts = [min(counts[0], frame.count), max(counts[1], frame.count)] if counts else [frame.count] * 2
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "joined_seen": self.joined_seen,
+            "left_seen": self.left_seen,
+            "join_delay": self.join_delay,
+            "leave_delay": self.leave_delay,
+            "unmatched": self.unmatched,
+            "who_sent": self.who_sent,
+            "who_answered": self.who_answered,
+            "who_errors": self.who_errors,
+            "who_by_port": self.who_by_port,
+            "who_counts": self.who_counts,
+            "who_listed": self.who_listed,
+            "who_truncated": self.who_truncated,
+        }
+
+
 class BenchClient:
     """One connection with its rooms; subclasses speak one system's protocol."""
 
@@ -191,6 +313,10 @@ class BenchClient:
         self.stats = stats
         self.sampled = sampled
         """False: count room messages without decoding them (fan-out's many members)."""
+        self.deflate = False
+        """Offer permessage-deflate (the compression scenario); the server may still decline it."""
+        self.payload = "100B"
+        """What `publish` sends besides `t` and `n` (bench.payloads: "100B" or "2KB")."""
         self.host = host
         self.port = port
         self.token = token
@@ -216,6 +342,10 @@ class BenchClient:
         self.join_sent_ms = 0.0
         self.replayed = 0
         self.replay_received = 0
+        self.sub = ""
+        """The token's `sub` (LoadGenerator.make)."""
+        self.tracked = False
+        """True: write the time of every join and leave sent under `sub` (the presence scenario's users)."""
 
     async def open(self, timeout: float = 60.0) -> None:
         """Connect, authenticate and join every room; raise when any step fails."""
@@ -228,7 +358,9 @@ class BenchClient:
 
         def protocol() -> WsProtocol:
             # Set before any data arrives: the 101 and the first frame may come in one read.
-            created = WsProtocol(request, self.on_text, lambda code: self._lost(created, code))
+            created = WsProtocol(
+                request, self.on_text, lambda code: self._lost(created, code), self.counting_compressed()
+            )
             self.proto = created
             return created
 
@@ -309,6 +441,10 @@ class BenchClient:
     def request(self) -> bytes:
         raise NotImplementedError
 
+    def counting_compressed(self) -> Callable[[int], None] | None:
+        """What counts a compressed frame without inflating it (WsProtocol.on_compressed), if this client may."""
+        return None
+
     def on_text(self, payload: bytes) -> None:
         raise NotImplementedError
 
@@ -320,6 +456,16 @@ class BenchClient:
         raise NotImplementedError
 
     def history(self, room: str, before: int | None, limit: int, kind: str) -> None:
+        raise NotImplementedError
+
+    def who(self, room: str) -> None:
+        """Ask who is present in `room` (jetsock's presence; the peer has none)."""
+        raise NotImplementedError
+
+    def leave_room(self, room: str) -> None:
+        raise NotImplementedError
+
+    def rejoin_room(self, room: str) -> None:
         raise NotImplementedError
 
     def _joined_one(self) -> None:
@@ -342,13 +488,38 @@ class JetsockClient(BenchClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pages_out = {}
+        self.who_out: dict[int, float] = {}
 
     def request(self) -> bytes:
-        return handshake(self.host, self.port, self.path, f"jetsock.v1, bearer.{self.token}")
+        return handshake(self.host, self.port, self.path, f"jetsock.v1, bearer.{self.token}", self.deflate)
+
+    def counting_compressed(self) -> Callable[[int], None] | None:
+        # The edge compresses room messages only: an unsampled member counts them unread.
+        return None if self.sampled else self._count_compressed
+
+    def _count_compressed(self, size: int) -> None:
+        stats = self.stats
+        stats.deliveries += 1
+        stats.wire_bytes += size
 
     def on_text(self, payload: bytes) -> None:
         if not self.sampled and payload.startswith(b'{"type":"msg"'):
             self.stats.deliveries += 1
+            if self.proto is not None:
+                self.stats.wire_bytes += self.proto.frame_bytes
+            return
+        if payload.startswith(b'{"type":"presence"'):
+            presence = self.stats.presence
+            presence.frames += 1
+            presence.bytes += len(payload)
+            if self.sampled:
+                presence.event(_decode_presence(payload))
+            return
+        if payload.startswith(b'{"type":"members"'):
+            members = _decode_members(payload)
+            asked_at = self.who_out.pop(members.ref, None) if isinstance(members.ref, int) else None
+            if asked_at is not None:
+                self.stats.presence.answer(self.port, asked_at, members)
             return
         frame = _decode_jetsock(payload)
         kind = frame.type
@@ -359,6 +530,8 @@ class JetsockClient(BenchClient):
                 self.stats.delivered(frame.room, data.t, data.n, self)
             else:
                 self.stats.deliveries += 1
+                if self.proto is not None:
+                    self.stats.wire_bytes += self.proto.frame_bytes
             left = self.replay_left
             if left is not None and left.get(frame.room, 0) > 0:
                 left[frame.room] -= 1
@@ -378,6 +551,8 @@ class JetsockClient(BenchClient):
                 return
             self.pending_joins = len(self.rooms)
             assert self.proto is not None
+            if self.tracked and self.rooms:
+                self.stats.presence.joins_sent[self.sub] = time.time() * 1000.0
             for room in self.rooms:
                 join: dict[str, object] = {"type": "join", "room": room}
                 if room in self.last_seq:
@@ -397,6 +572,33 @@ class JetsockClient(BenchClient):
             self.stats.errors[frame.code] += 1
             if isinstance(frame.ref, int) and self.pages_out.pop(frame.ref, None) is not None:
                 self.stats.pages.errors += 1
+            if isinstance(frame.ref, int) and self.who_out.pop(frame.ref, None) is not None:
+                self.stats.presence.who_errors += 1
+
+    def who(self, room: str) -> None:
+        """Ask who is in `room`; the latency is counted per edge port when `members` with its ref comes."""
+        if self.proto is None or self.proto.closed:
+            return
+        self.page_ref += 1
+        self.who_out[self.page_ref] = time.perf_counter()
+        self.stats.presence.who_sent += 1
+        self.proto.send_text(_encode({"type": "who", "room": room, "ref": self.page_ref}))
+
+    def leave_room(self, room: str) -> None:
+        """Leave `room` (the presence scenario's churn); the time is written under `sub` when tracked."""
+        if self.proto is None or self.proto.closed:
+            return
+        if self.tracked:
+            self.stats.presence.leaves_sent[self.sub] = time.time() * 1000.0
+        self.proto.send_text(_encode({"type": "leave", "room": room}))
+
+    def rejoin_room(self, room: str) -> None:
+        """Join `room` again after `leave_room` (no `since`: presence, not messages, is measured)."""
+        if self.proto is None or self.proto.closed:
+            return
+        if self.tracked:
+            self.stats.presence.joins_sent[self.sub] = time.time() * 1000.0
+        self.proto.send_text(_encode({"type": "join", "room": room}))
 
     def join_rooms(self, last: int) -> None:
         """Join every room now with `last`; `caught_up_at` gets the time all replays have arrived."""
@@ -430,7 +632,7 @@ class JetsockClient(BenchClient):
 
     def publish(self, room: str, number: int = 0) -> None:
         if self.proto is not None:
-            data = {"t": time.time() * 1000.0, "n": number, "p": PAD}
+            data = {"t": time.time() * 1000.0, "n": number, **payloads.body(self.payload)}
             self.proto.send_text(_encode({"type": "publish", "room": room, "data": data}))
 
 
@@ -443,13 +645,16 @@ class SocketIOClient(BenchClient):
     _PUBLISH_ACK = b"432"
 
     def request(self) -> bytes:
-        return handshake(self.host, self.port, self.path)
+        # python-socketio serves on aiohttp, whose WebSocketResponse takes the offer (compress=True, its
+        # default) and compresses every frame with a compressor of its own per connection.
+        return handshake(self.host, self.port, self.path, deflate=self.deflate)
 
     def on_text(self, payload: bytes) -> None:
         assert self.proto is not None
         if payload.startswith(b'42["msg"'):
             if not self.sampled:
                 self.stats.deliveries += 1
+                self.stats.wire_bytes += self.proto.frame_bytes
                 return
             _event, message = _decode_sio_event(payload[2:])
             self.stats.delivered(message.room, message.t, message.n, self)
@@ -473,7 +678,7 @@ class SocketIOClient(BenchClient):
 
     def publish(self, room: str, number: int = 0) -> None:
         if self.proto is not None:
-            message = {"room": room, "t": time.time() * 1000.0, "n": number, "p": PAD}
+            message = {"room": room, "t": time.time() * 1000.0, "n": number, **payloads.body(self.payload)}
             self.proto.send_text(b"422" + _encode(["publish", message]))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench import hist, procstat
 from bench.loadgen import LoadGenHandle
-from bench.systems import HOST, SECRET, SYSTEMS, System
+from bench.systems import HOST, SECRET, SYSTEMS, Jetsock, System
 
 SOCKETS_PER_GENERATOR = 15_000
 """Under the 20,000 fd limit with room to spare; more processes also spread the client's CPU."""
@@ -43,7 +43,17 @@ class Run:
         parts = await self.each("stats")
         total: dict[str, Any] = {
             key: sum(p[key] for p in parts)
-            for key in ("connected", "opened", "failed", "reconnects", "deliveries", "acks", "lost", "duplicates")
+            for key in (
+                "connected",
+                "opened",
+                "failed",
+                "reconnects",
+                "deliveries",
+                "wire_bytes",
+                "acks",
+                "lost",
+                "duplicates",
+            )
         }
         total["behind"] = sum(p["behind"] for p in parts)
         total["histogram"] = hist.merge(p["histogram"] for p in parts)
@@ -58,7 +68,13 @@ class Run:
         return total
 
     async def open(
-        self, shape: str, count: int, reconnect: bool = False, sample_every: int = 1, defer_join: bool = False
+        self,
+        shape: str,
+        count: int,
+        reconnect: bool = False,
+        sample_every: int = 1,
+        defer_join: bool = False,
+        **extra: Any,
     ) -> int:
         """Open `count` clients of `shape`, split over the generators; the number that opened.
 
@@ -66,6 +82,8 @@ class Run:
         numbering; the others only count them, so that the load generator's own
         decoding does not become the latency of a 5,000-member fan-out. With `defer_join`,
         clients authenticate only and join their rooms at the `join_rooms` command.
+        `extra` goes to the generators' `open` as it is (the presence scenario's roles,
+        ports, token claims and pacing: LoadGenerator.make).
         """
         share = math.ceil(count / len(self.generators))
         calls = [
@@ -81,6 +99,7 @@ class Run:
                 reconnect=reconnect,
                 sample_every=sample_every,
                 defer_join=defer_join,
+                **extra,
             )
             for i, g in enumerate(self.generators)
         ]
@@ -103,11 +122,25 @@ class Run:
 
 
 @asynccontextmanager
-async def running(system_name: str, workers: int, clients: int, label: str) -> AsyncIterator[Run]:
-    """A fresh system and enough load generators for `clients` sockets; all stopped after."""
+async def running(
+    system_name: str,
+    workers: int,
+    clients: int,
+    label: str,
+    env: dict[str, str] | None = None,
+    cls: type[System] | None = None,
+) -> AsyncIterator[Run]:
+    """A fresh system and enough load generators for `clients` sockets; all stopped after.
+
+    `cls` starts another class than the named system's (bench.systems.JetsockEdges), and
+    `env` adds settings to a jetsock system's edges."""
     with tempfile.TemporaryDirectory(prefix="jetsock-bench-") as workdir:
-        system = SYSTEMS[system_name](Path(workdir), workers)
-        progress(f"{label}: starting {system_name} ({workers} processes)")
+        system = (cls or SYSTEMS[system_name])(Path(workdir), workers)
+        if env:
+            if not isinstance(system, Jetsock):
+                raise ValueError(f"settings for {system_name}'s edges: only jetsock takes them")
+            system.extra_env = dict(env)
+        progress(f"{label}: starting {system.name} ({workers} processes)")
         await system.start()
         count = max(2, math.ceil(clients / SOCKETS_PER_GENERATOR))
         generators = [await LoadGenHandle.start(i) for i in range(count)]

@@ -19,6 +19,7 @@ import random
 import resource
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from bench.clients import CLIENTS, BenchClient, PageStats, Stats
@@ -37,25 +38,54 @@ class LoadGenerator:
         self.process = process
         self.stats = Stats()
         self.clients: list[BenchClient] = []
+        self.roles: dict[str, list[BenchClient]] = {}
+        """The clients opened under each `role` (the presence scenario's users, watchers, askers)."""
 
     def source(self, index: int) -> str:
         return f"127.{self.process + 1}.0.{index % SOURCES_PER_PROCESS + 1}"
 
     def make(self, cmd: dict[str, Any], index: int, reconnect: bool) -> BenchClient:
-        token = make_token(cmd["secret"], f"bench-{index}", join=[">"], publish=[">"], ttl=7200)
+        """Client `index` of the command: its token's `sub` is `<sub_prefix><index>` (`bench-` by default).
+
+        Options of the presence scenario: `presence` (the token's `rooms.presence` patterns),
+        `info` (true: an `info` claim naming the user), `ports` (client i goes to edge
+        `ports[i % len(ports)]` instead of `port`), `track` (the client writes when it sends
+        its joins and leaves, for the event delay). Of the compression scenario: `deflate`
+        (offer permessage-deflate), `payload` (what `publish_every` sends: "100B" or "2KB")."""
+        sub = f"{cmd.get('sub_prefix', 'bench-')}{index}"
+        claims: dict[str, Any] = {}
+        if cmd.get("presence") is not None:
+            claims["presence"] = cmd["presence"]
+        if cmd.get("info"):
+            claims["info"] = {"name": f"User {index}"}
+        token = make_token(cmd["secret"], sub, join=[">"], publish=[">"], ttl=7200, **claims)
         cls = CLIENTS[cmd["system"]]
         sampled = index % cmd.get("sample_every", 1) == 0
         source = self.source(index)
         shape = rooms(cmd["shape"], index)
-        client = cls(self.stats, cmd["host"], cmd["port"], token, shape, source, reconnect, sampled)
+        ports = cmd.get("ports")
+        port = ports[index % len(ports)] if ports else cmd["port"]
+        client = cls(self.stats, cmd["host"], port, token, shape, source, reconnect, sampled)
         client.defer_join = bool(cmd.get("defer_join", False))
+        client.deflate = bool(cmd.get("deflate", False))
+        client.payload = str(cmd.get("payload", "100B"))
+        client.sub = sub
+        client.tracked = bool(cmd.get("track", False))
         return client
 
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Open clients `first` … `first + count - 1`: as fast as OPEN_CONCURRENCY lets, or at `rate`
+        per second (each started on its slot); kept under `role` as well."""
         gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+        rate = float(cmd.get("rate") or 0.0)
+        role = self.roles.setdefault(str(cmd.get("role", "")), [])
+        first, count = cmd["first"], cmd["count"]
+        started = time.monotonic()
 
         async def one(index: int) -> None:
             client = self.make(cmd, index, cmd.get("reconnect", False))
+            if rate:
+                await asyncio.sleep(max(0.0, started + (index - first) / rate - time.monotonic()))
             async with gate:
                 try:
                     await client.open()
@@ -64,8 +94,8 @@ class LoadGenerator:
                     return
             self.stats.opened += 1
             self.clients.append(client)
+            role.append(client)
 
-        first, count = cmd["first"], cmd["count"]
         await asyncio.gather(*(one(i) for i in range(first, first + count)))
         # The clients' objects live until the end: keep the collector from walking
         # them again, so its pauses do not show up as the server's latency.
@@ -148,6 +178,53 @@ class LoadGenerator:
             await asyncio.sleep(0.01)
         return {**self.stats.pages.snapshot(), "seconds": time.monotonic() - started}
 
+    async def who_pace(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """`who` for `room` at `rate` per second for `duration` s, round robin over the clients of
+        `role` (open loop: asked on time whatever the answers; late ones waited for `drain` s)."""
+        rate, duration, room = float(cmd["rate"]), float(cmd["duration"]), str(cmd["room"])
+        clients = [c for c in self.roles.get(str(cmd.get("role", "")), []) if c.proto and not c.proto.closed]
+        presence = self.stats.presence
+        presence.who_reset()
+        started = time.monotonic()
+        sent = 0
+        while clients and (elapsed := time.monotonic() - started) < duration:
+            for _ in range(int(rate * elapsed) + 1 - sent):
+                clients[sent % len(clients)].who(room)
+                sent += 1
+            await asyncio.sleep(PUBLISH_TICK)
+        deadline = time.monotonic() + float(cmd.get("drain", 5.0))
+        while presence.who_answered + presence.who_errors < presence.who_sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return {**presence.snapshot(), "seconds": time.monotonic() - started}
+
+    async def presence_churn(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Users of `role` leave `room` at `rate` per second for `duration` s, each joining it again
+        `lag` s after its leave (so joins follow at the same rate; the last ones after the loop)."""
+        rate, duration, lag, room = float(cmd["rate"]), float(cmd["duration"]), float(cmd["lag"]), str(cmd["room"])
+        users = [c for c in self.roles.get(str(cmd.get("role", "")), []) if c.proto and not c.proto.closed]
+        random.Random(cmd.get("seed", self.process)).shuffle(users)
+        present = deque(users)
+        away: deque[tuple[float, BenchClient]] = deque()
+        started = time.monotonic()
+        leaves = joins = 0
+        while (elapsed := time.monotonic() - started) < duration or away:
+            if elapsed < duration:
+                for _ in range(int(rate * elapsed) + 1 - leaves):
+                    if not present:
+                        break
+                    client = present.popleft()
+                    client.leave_room(room)
+                    leaves += 1
+                    away.append((time.monotonic() + lag, client))
+            now = time.monotonic()
+            while away and away[0][0] <= now:
+                client = away.popleft()[1]
+                client.rejoin_room(room)
+                joins += 1
+                present.append(client)
+            await asyncio.sleep(PUBLISH_TICK)
+        return {"leaves": leaves, "joins": joins, "seconds": time.monotonic() - started}
+
     def join_rooms(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Every client joins its rooms now with `last`: the join storm."""
         self.stats.caught_up_at = []
@@ -191,6 +268,7 @@ class LoadGenerator:
         for client in self.clients:
             client.close()
         self.clients = []
+        self.roles = {}
         return {}
 
     async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +281,15 @@ class LoadGenerator:
                 return await self.churn(cmd)
             case "history_pages":
                 return await self.history_pages(cmd)
+            case "who_pace":
+                return await self.who_pace(cmd)
+            case "presence_churn":
+                return await self.presence_churn(cmd)
+            case "presence":
+                return self.stats.presence.snapshot()
+            case "presence_reset":
+                self.stats.presence.reset()
+                return {}
             case "join_rooms":
                 return self.join_rooms(cmd)
             case "replays":

@@ -10,19 +10,23 @@ from typing import Any
 import matplotlib
 
 from bench import hist
+from bench.compression_scenario import TARGET_CPU_RATIO, TARGET_RSS_KB, TARGET_WIRE_CUT
 from bench.history_scenario import TARGET_P99_MS, TARGET_STORM_S
+from bench.presence_scenario import TARGET_CHURN_OVERHEAD, TARGET_WHO_P99_MS
 from bench.scenarios import rate_p99_stays_over
+from core.settings import Settings
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyplot loads
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn", "history"]
+SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn", "history", "presence", "compression"]
 SYSTEM_ORDER = ["jetsock", "python-socketio"]
 EVEN_BAND = 1.05
 """Ratios within 5% either way are reported as even: closer than a shared machine can tell apart."""
 COLORS = {"jetsock": "#1f77b4", "python-socketio": "#d62728"}
+DEFAULT_SETTINGS = Settings()
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ def plots(results: dict[str, dict[str, dict[str, Any]]], directory: Path) -> lis
         )
     )
     made += history_plots(results.get("history", {}).get("jetsock"), directory)
+    made += presence_plots(results.get("presence", {}).get("jetsock"), directory)
     return [m for m in made if m]
 
 
@@ -266,6 +271,40 @@ def history_plots(result: dict[str, Any] | None, directory: Path) -> list[str]:
             or ""
         )
     return [m for m in made if m]
+
+
+def presence_plots(result: dict[str, Any] | None, directory: Path) -> list[str]:
+    """CDFs of `who` latency (quiet and while churning) and of the event delay (joins, churn)."""
+    if not result:
+        return []
+    series = [
+        ("who, room quiet", result.get("who", {}).get("histogram"), "-"),
+        ("who, while churning", result.get("who_under_churn", {}).get("histogram"), "--"),
+        ("event delay, joins", result.get("join", {}).get("events", {}).get("delay_histogram"), ":"),
+        ("event delay, churn", result.get("churn", {}).get("events", {}).get("delay_histogram"), "-."),
+    ]
+    series = [(label, histogram, style) for label, histogram, style in series if histogram]
+    if not series:
+        return []
+    directory.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for label, histogram, style in series:
+        xs, ys = hist.cdf(histogram)
+        ax.plot(xs, ys, style, label=label, drawstyle="steps-post")
+    ax.axvline(TARGET_WHO_P99_MS, color="grey", linewidth=0.8, label="who target: p99 ≤ 50 ms")
+    ax.axhline(0.99, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    present = result.get("present", 0)
+    interval = result.get("presence_interval", 1.0)
+    ax.set_title(f"presence: a room of {present:,}, who and events ({interval:g} s interval)")
+    ax.set_xlabel("ms (who: request to reply; event: join/leave sent to frame received)")
+    ax.set_ylabel("fraction")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(directory / "presence-latency.png")
+    plt.close(fig)
+    return ["plots/presence-latency.png"]
 
 
 def _get(results: dict[str, dict[str, dict[str, Any]]], scenario: str, key: str) -> Any:
@@ -337,6 +376,38 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 (storm_s or 1e9) <= TARGET_STORM_S,
             ),
         ]
+    if "jetsock" in results.get("presence", {}):
+        who_p99, overhead = _get(results, "presence", "p99_ms"), _get(results, "presence", "churn_presence_overhead")
+        present = _get(results, "presence", "present")
+        rows += [
+            (
+                f"`who` p99 in a presence room of {_fmt(present)} (issue 15)",
+                f"≤ {TARGET_WHO_P99_MS:g} ms",
+                who_p99,
+                (who_p99 if who_p99 is not None else 1e9) <= TARGET_WHO_P99_MS,
+            ),
+            (
+                "presence's cost on the churn scenario's CPU per cycle (issue 15)",
+                f"≤ +{TARGET_CHURN_OVERHEAD:.0%}",
+                None if overhead is None else f"{overhead:+.1%}",
+                (overhead if overhead is not None else 1e9) <= TARGET_CHURN_OVERHEAD,
+            ),
+        ]
+    if "jetsock" in results.get("compression", {}):
+        measured = results["compression"]["jetsock"].get("targets", {})
+        members = measured.get("cpu_ratio_2kb_saturation", {}).get("members")
+        for key, name, goal in (
+            ("wire_cut_2kb", "wire bytes per delivery of the 2 KB payload, off over on (issue 17)", "≥ {:g}x"),
+            (
+                "cpu_ratio_2kb_saturation",
+                f"CPU per delivery at fan-out saturation, on over off, {_fmt(members)} members (issue 17)",
+                "≤ {:g}x",
+            ),
+            ("cpu_ratio_2kb_10_msg_s", f"the same at 10 msg/s, {_fmt(members)} members (issue 17)", "≤ {:g}x"),
+            ("rss_kb_per_idle_conn_delta", "RSS per idle connection, on less off, KB (issue 17)", "within ±{:g}"),
+        ):
+            target = measured.get(key, {})
+            rows.append((name, goal.format(target.get("goal", 0)), target.get("measured"), bool(target.get("met"))))
     lines = ["## Targets (jetsock)", "", "| target | goal | measured | met |", "| --- | --- | ---: | --- |"]
     for name, goal, value, met in rows:
         verdict = "not measured" if value is None else "yes" if met else "**no**"
@@ -499,6 +570,311 @@ def history_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+PRESENCE_STORE = (
+    "How presence is stored (core/presencebus.py, core/presence.py): in no store but the edges' memory,"
+    " over the core NATS the edges already use. Each node owns the presence of its own connections and"
+    " keeps the whole cluster's view, so `who` is a read of local memory, the same on every node. A node"
+    " incarnation (its name and a random part, new at each start) numbers what it publishes on"
+    " `jetsock.presence.>`: one `delta` per change of one user's connection count in one room on that node"
+    " (nothing per member, so a change costs one message, received by every node, whatever the room's"
+    " size); a `beat` every `presence_ttl / 3` carrying a digest of its members per room, which lets a"
+    " receiver that missed deltas (a NATS reconnect, a late start) see the difference and ask that node"
+    " for a `snap`shot of those rooms, so users who stayed get no `left`/`joined` pair; and a `hello` at"
+    " start and after a reconnect, which every node answers with a beat at once. A node whose beats stop"
+    " for `presence_ttl` is dropped with its members. Everything arrives on one subscription and is applied"
+    " in order, so a snapshot and the deltas after it cannot cross."
+)
+
+
+def _per_edge(values: list[Any] | None) -> str | None:
+    if not values:
+        return None
+    return ", ".join(f"edge-{i} {_fmt(v)}" for i, v in enumerate(values))
+
+
+def _ratio_of(first: Any, second: Any) -> str | None:
+    return None if first is None else f"{_fmt(first)} / {_fmt(second)}"
+
+
+def presence_section(result: dict[str, Any]) -> list[str]:
+    """Issue 15's scenario: its figures beside its targets, the churn variant, and the store's design."""
+    who, under = result.get("who", {}), result.get("who_under_churn", {})
+    churn, join = result.get("churn", {}), result.get("join", {})
+    churn_events, join_events = churn.get("events", {}), join.get("events", {})
+    variant = result.get("churn_variant", {})
+    plain, kept = variant.get("plain", {}), variant.get("presence", {})
+    overhead = result.get("churn_presence_overhead")
+    raised = result.get("settings", {}).get("JETSOCK_PRESENCE_EVENTS_MAX_MEMBERS")
+    lines = [
+        "python-socketio has no presence (no list of a room's members a client can read, no join or leave"
+        " events): jetsock only.",
+        "",
+        f"{_fmt(result.get('users'))} users (distinct `sub`s, an `info` claim each) join one presence room over"
+        f" {_fmt(join.get('joins_s'))} s, spread over two edges (`jetsock serve`, one process and one node"
+        f" each) sharing one nats-server, while {_fmt(result.get('watchers'))} watchers holding"
+        " `rooms.presence` are members of the room and receive its events"
+        f" ({_fmt(result.get('sampled_watchers'))} of them decode every frame, the rest count frames and bytes);"
+        f" {_fmt(result.get('askers'))} clients with the right ask `who`, round robin over both edges, open loop."
+        f" Then {_fmt(churn.get('rate'))} users per second leave the room and each joins again"
+        f" {_fmt(churn.get('lag_s'))} s later ({_fmt(churn.get('steady_changes_per_s'))} changes/s once the first"
+        f" are back), for {_fmt(churn.get('duration_s'))} s with the askers idle, then again while they ask;"
+        " `who` is measured after a second of it not counted. `presence_interval`"
+        f" {_fmt(result.get('presence_interval'))} s"
+        f"{' (the default)' if result.get('presence_interval') == DEFAULT_SETTINGS.presence_interval else ''},"
+        " `max_presence_list`"
+        f" {_fmt(result.get('max_presence_list'))} (the default: `who` lists the first 1,000 and the count);"
+        f" `presence_events_max_members` raised to {raised}: with its default (1,000) a room this big sends"
+        " no events at all, only `who` answers.",
+        "",
+    ]
+    churn_delay, join_delay = churn_events.get("delay", {}), join_events.get("delay", {})
+    rows: list[tuple[str, Any, str, str]] = [
+        ("present users (`who` count)", (who.get("count") or [None])[-1], "", ""),
+        ("`who` answered per second, both edges", who.get("per_s"), "", ""),
+        ("`who` p50, ms", result.get("p50_ms"), "", ""),
+        (
+            "`who` p99, ms",
+            result.get("p99_ms"),
+            f"≤ {TARGET_WHO_P99_MS:g}",
+            _met((result.get("p99_ms") or 1e9) <= TARGET_WHO_P99_MS, result.get("p99_ms")),
+        ),
+        (
+            "`who` p50 / p99 while churning, ms",
+            _ratio_of(under.get("p50_ms"), under.get("p99_ms")),
+            f"≤ {TARGET_WHO_P99_MS:g}",
+            _met((under.get("p99_ms") or 1e9) <= TARGET_WHO_P99_MS, under.get("p99_ms")),
+        ),
+        ("`who` p99 per edge, ms", _per_edge([e.get("p99_ms") for e in who.get("by_edge", {}).values()]), "", ""),
+        ("edge CPU per `who`, µs", who.get("edge_cpu_us_per_who"), "", ""),
+        ("churn: edge CPU per presence change, per node, µs", _per_edge(churn.get("edge_cpu_us_per_change")), "", ""),
+        ("churn: nats-server CPU per change, µs", churn.get("nats_cpu_us_per_change"), "", ""),
+        (
+            "churn: NATS messages per change, published / delivered (/varz `in_msgs` / `out_msgs`)",
+            _ratio_of(churn.get("nats_in_msgs_per_change"), churn.get("nats_out_msgs_per_change")),
+            "",
+            "",
+        ),
+        (
+            "churn: NATS bytes per change, published / delivered (/varz `in_bytes` / `out_bytes`)",
+            _ratio_of(churn.get("nats_in_bytes_per_change"), churn.get("nats_out_bytes_per_change")),
+            "",
+            "",
+        ),
+        (
+            "churn: presence messages per change, sent / received by the edges (/metrics)",
+            _ratio_of(churn.get("bus_sent_per_change"), churn.get("bus_received_per_change")),
+            "",
+            "",
+        ),
+        (
+            "churn: event delay, join/leave sent to the watcher's frame, p50 / p99, ms",
+            _ratio_of(churn_delay.get("p50_ms"), churn_delay.get("p99_ms")),
+            "",
+            "",
+        ),
+        ("churn: event bytes per watcher per change", churn_events.get("bytes_per_change_per_watcher"), "", ""),
+        (
+            "churn: changes the sampled watchers were told of",
+            None if "received_fraction" not in churn_events else f"{churn_events['received_fraction']:.1%}",
+            "",
+            "",
+        ),
+        (
+            "joins: edge CPU per join, per node (connect and authenticate included), µs",
+            _per_edge(join.get("edge_cpu_us_per_change")),
+            "",
+            "",
+        ),
+        (
+            "joins: event delay p50 / p99, ms",
+            _ratio_of(join_delay.get("p50_ms"), join_delay.get("p99_ms")),
+            "",
+            "",
+        ),
+        (
+            "churn scenario, CPU per cycle with the rooms in presence_rooms against without",
+            None if overhead is None else f"{overhead:+.1%}",
+            f"≤ +{TARGET_CHURN_OVERHEAD:.0%}",
+            _met((overhead if overhead is not None else 1e9) <= TARGET_CHURN_OVERHEAD, overhead),
+        ),
+    ]
+    lines += ["| figure | jetsock | target (issue 15) | met |", "| --- | ---: | --- | --- |"]
+    lines += [f"| {name} | {_fmt(value)} | {goal} | {met} |" for name, value, goal, met in rows if value is not None]
+    lines.append("")
+    lines += [
+        "Edge CPU per change is each edge's CPU time over the phase divided by every change in the cluster"
+        " (each node applies all of them; the leaves and joins themselves are included). NATS figures are the"
+        " /varz deltas over the phase less the idle rate measured before it.",
+        "",
+    ]
+    if plain and kept:
+        lines += [
+            "The `churn` scenario's loops (connect, authenticate, join, close; "
+            f"{_fmt(variant.get('seconds_per_run'))} s per turn, plain / presence / presence / plain) on two"
+            " systems side by side, the same but for `JETSOCK_PRESENCE_ROOMS=churn.>` (no client holds the"
+            " presence right, so no events are pushed):",
+            "",
+            "| churned rooms | cycles/s | server CPU per cycle, ms | NATS messages per cycle |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, figures in (("not presence rooms", plain), ("in presence_rooms", kept)):
+            cells = [figures.get("churn_per_s"), figures.get("cpu_ms_per_cycle"), figures.get("nats_in_msgs_per_cycle")]
+            lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
+    recorded = variant.get("profile")
+    if recorded and recorded.get("samples"):
+        shares = recorded.get("presence_share", {})
+        lines += [
+            "Where one worker's time goes in that churn with its rooms in presence_rooms (py-spy,"
+            f" {recorded['samples']} samples, a turn apart from the measured ones), self time:",
+            "",
+            "| function | share |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| `{name}` | {share:.1%} |" for name, share in recorded["self"][:10]]
+        lines.append("")
+        if shares:
+            lines += [
+                "The same samples, in all (the function or what it calls): nats-py's flusher writes every"
+                " message to NATS, and without presence the churn sends next to nothing there.",
+                "",
+                "| function | share |",
+                "| --- | ---: |",
+            ]
+            lines += [f"| `{name}` | {share:.1%} |" for name, share in shares.items()]
+            lines.append("")
+    lines += [PRESENCE_STORE, ""]
+    return lines
+
+
+def _cut(off: Any, on: Any) -> str | None:
+    if not isinstance(off, (int, float)) or not isinstance(on, (int, float)) or not on:
+        return None
+    return f"{off / on:.2f}x"
+
+
+def compression_section(systems: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue 17's scenario: compression on vs off on both systems, its targets, and payload shapes."""
+    names = [s for s in SYSTEM_ORDER if s in systems]
+    any_result = systems[names[0]]
+    level, threshold = any_result.get("compress_level"), any_result.get("compress_min_bytes")
+    lines = [
+        "Each variant runs twice on the same system, once with the clients offering permessage-deflate as"
+        " Chromium does (the lean client inflates and compresses every message it sends) and once without,"
+        " with the bench's ~100-byte payload and a ~2 KB one: a chat message with its metadata (two sentences,"
+        " rich-text blocks, the author's profile, reactions, an attachment, the thread, read receipts;"
+        " `bench/payloads.py`), every one different. Wire bytes are the WebSocket frames of the room"
+        " messages as the clients read them, header included, per delivery. jetsock compresses each room"
+        f" message of at least {_fmt(threshold)} bytes once per node (level {_fmt(level)}, no context"
+        " takeover, the same bytes to every compressing member) and keeps no compression state per"
+        " connection; python-socketio serves on aiohttp, whose WebSocketResponse takes the same offer"
+        " (compress=True, its default) and compresses every frame with a compressor of its own per"
+        " connection, with context takeover (so its messages also refer to the ones before: smaller on"
+        " the wire, but one compression per member and zlib state per connection). Idle RSS is read on a"
+        " fresh system per variant, once connected and again after every connection got one 2 KB message.",
+        "",
+    ]
+    fan_rows, chat_rows = [], []
+    for name in names:
+        result = systems[name]
+        fanout = {(f["payload"], f["deflate"]): f for f in result.get("fanout", [])}
+        chat = {(c["payload"], c["deflate"]): c for c in result.get("chat", [])}
+        for (payload, deflate), f in fanout.items():
+            off = fanout.get((payload, False), {})
+            cells = [
+                name,
+                payload,
+                "on" if deflate else "off",
+                f.get("members"),
+                f.get("wire_bytes_per_delivery"),
+                _cut(off.get("wire_bytes_per_delivery"), f.get("wire_bytes_per_delivery")) if deflate else "",
+                f.get("cpu_us_per_delivery_10_msg_s"),
+                f.get("cpu_us_per_delivery_saturation"),
+                f.get("deliveries_per_s_saturation"),
+                f.get("saturation_rate"),
+            ]
+            fan_rows.append("| " + " | ".join(_fmt(c) if c != "" else "" for c in cells) + " |")
+        for (payload, deflate), c in chat.items():
+            off = chat.get((payload, False), {})
+            cells = [
+                name,
+                payload,
+                "on" if deflate else "off",
+                c.get("connections"),
+                c.get("wire_bytes_per_delivery"),
+                _cut(off.get("wire_bytes_per_delivery"), c.get("wire_bytes_per_delivery")) if deflate else "",
+                c.get("cpu_us_per_delivery"),
+                c.get("deliveries_per_s"),
+                c.get("p50_ms"),
+                c.get("p99_ms"),
+            ]
+            chat_rows.append("| " + " | ".join(_fmt(x) if x != "" else "" for x in cells) + " |")
+    lines += [
+        "Fan-out: one room; a backend publishes at 10 msg/s, then at rising rates until deliveries/s stop growing.",
+        "",
+        "| system | payload | compression | members | wire bytes per delivery | cut | CPU µs/delivery at 10 msg/s"
+        " | at saturation | deliveries/s at saturation | saturation rate, msg/s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *fan_rows,
+        "",
+        "Chat: rooms of 10, every client publishing (compressed when on) once per interval.",
+        "",
+        "| system | payload | compression | connections | wire bytes per delivery | cut | CPU µs/delivery"
+        " | deliveries/s | p50, ms | p99, ms |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *chat_rows,
+        "",
+        "Idle: connections in 2 rooms each, RSS per connection.",
+        "",
+        "| system | compression | connections | KB per connection, connected | after one 2 KB message |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for name in names:
+        for point in systems[name].get("idle", []):
+            cells = [point.get("connections"), point.get("rss_kb_per_conn_idle")]
+            cells.append(point.get("rss_kb_per_conn_after_a_message"))
+            on = "on" if point.get("deflate") else "off"
+            lines.append(f"| {name} | {on} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines.append("")
+    lines += [
+        "Issue 17's targets, each system measured the same way (jetsock's are the ones set):",
+        "",
+        "| target | goal | " + " | ".join(names) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for key, label, goal in (
+        ("wire_cut_2kb", "2 KB payload: wire bytes per delivery, off over on (fan-out)", f"≥ {TARGET_WIRE_CUT:g}x"),
+        ("cpu_ratio_2kb_saturation", "2 KB: CPU per delivery at saturation, on over off", f"≤ {TARGET_CPU_RATIO:g}x"),
+        ("cpu_ratio_2kb_10_msg_s", "2 KB: CPU per delivery at 10 msg/s, on over off", f"≤ {TARGET_CPU_RATIO:g}x"),
+        (
+            "rss_kb_per_idle_conn_delta",
+            "RSS per idle connection after a message, on less off, KB",
+            f"within ±{TARGET_RSS_KB:g}",
+        ),
+    ):
+        cells = []
+        for name in names:
+            target = systems[name].get("targets", {}).get(key, {})
+            value = target.get("measured")
+            cells.append(f"{_fmt(value)} ({_met(bool(target.get('met')), value)})" if value is not None else "—")
+        lines.append(f"| {label} | {goal} | " + " | ".join(cells) + " |")
+    lines.append("")
+    shapes = any_result.get("shapes", [])
+    if shapes:
+        lines += [
+            "What the edge's compressor does to a few payloads as `msg` frames, each on its own (no context:"
+            " what every jetsock member gets), computed apart from any server:",
+            "",
+            "| payload | frame bytes | compressed | ratio |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for shape in shapes:
+            cells = [shape["frame_bytes"], shape["compressed_frame_bytes"], f"{shape['ratio']:.2f}x"]
+            lines.append(f"| {shape['payload']} | " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _timed_out(storm: dict[str, Any]) -> str:
     return f"> {_fmt(storm['timeout_s'])} ({_fmt(storm.get('held'))} of {_fmt(storm.get('joiners'))})"
 
@@ -548,6 +924,12 @@ def write_report(directory: Path = RESULTS) -> Path:
         if scenario == "history":
             if "jetsock" in results.get(scenario, {}):
                 lines += ["## history", "", *history_section(results[scenario]["jetsock"])]
+        elif scenario == "presence":
+            if "jetsock" in results.get(scenario, {}):
+                lines += ["## presence", "", *presence_section(results[scenario]["jetsock"])]
+        elif scenario == "compression":
+            if results.get(scenario):
+                lines += ["## compression", "", *compression_section(results[scenario])]
         elif scenario in results:
             lines += [f"## {scenario}", "", *table(scenario, results[scenario]), ""]
             if scenario == "idle":

@@ -1,5 +1,6 @@
-"""The five scenarios of issue 6, each run the same way against every system, and issue 14's
-`history` (bench/history_scenario.py), jetsock only.
+"""The five scenarios of issue 6, each run the same way against every system, issue 14's
+`history` (bench/history_scenario.py) and issue 15's `presence` (bench/presence_scenario.py),
+jetsock only, and issue 17's `compression` (bench/compression_scenario.py), both systems.
 
 Every figure is a ratio taken in one run: CPU seconds of the serving processes
 (from /proc) over deliveries the clients counted, RSS over connections, and
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import floor, hist, profile
+from bench.compression_scenario import compression
 from bench.conductor import Run, progress, running
 from bench.history_scenario import history
+from bench.presence_scenario import presence
 from bench.shapes import all_rooms
 from bench.systems import HOST, SECRET
 
@@ -53,6 +56,30 @@ class Scale:
     history_profile_seconds: float = 8.0
     history_joiners: int = 5_000
     history_timeout: float = 60.0
+    presence_users: int = 10_000
+    presence_interval: float = 1.0
+    """JETSOCK_PRESENCE_INTERVAL (1 s, the default; the smoke test's tiny run shortens it)."""
+    presence_join_seconds: float = 10.0
+    presence_watchers: int = 1_000
+    presence_sample_every: int = 10
+    presence_askers: int = 20
+    presence_idle_seconds: float = 5.0
+    presence_who_rate: float = 50.0
+    presence_who_seconds: float = 10.0
+    presence_churn_rate: float = 100.0
+    presence_churn_seconds: float = 20.0
+    presence_variant_seconds: float = 10.0
+    presence_profile_seconds: float = 6.0
+    compression_members: int = 5_000
+    compression_rates: list[int] = field(default_factory=lambda: [20, 40, 80, 160, 320, 640])
+    """Fan-out rates after the 10 msg/s step, until saturation."""
+    compression_step: float = 5.0
+    compression_chat_clients: int = 10_000
+    compression_chat_interval: float = 10.0
+    compression_chat_seconds: float = 20.0
+    compression_idle: int = 5_000
+    compression_settle: float = 3.0
+    """Seconds to let a system settle between phases (before RSS is read, after sockets close)."""
 
 
 FULL = Scale()
@@ -77,6 +104,24 @@ QUICK = Scale(
     history_profile_seconds=3.0,
     history_joiners=500,
     history_timeout=20.0,
+    presence_users=1_000,
+    presence_join_seconds=4.0,
+    presence_watchers=100,
+    presence_sample_every=4,
+    presence_askers=4,
+    presence_idle_seconds=1.5,
+    presence_who_seconds=3.0,
+    presence_churn_seconds=4.0,
+    presence_variant_seconds=2.0,
+    presence_profile_seconds=2.0,
+    compression_members=300,
+    compression_rates=[40, 160],
+    compression_step=2.0,
+    compression_chat_clients=300,
+    compression_chat_interval=2.0,
+    compression_chat_seconds=4.0,
+    compression_idle=1_000,
+    compression_settle=1.0,
 )
 
 
@@ -319,33 +364,54 @@ async def churn(system: str, scale: Scale) -> dict[str, Any]:
     """Loops of connect, authenticate, join, close: cycles per second and connect-to-joined latency."""
     label = f"churn {system}"
     async with running(system, WORKERS, 0, label) as run:
-        progress(f"{label}: {scale.churn_concurrency} loops per generator for {scale.churn_seconds:.0f} s")
-        cpu_before, started = run.cpu(), time.monotonic()
-        cycles = sum(
-            r["cycles"]
-            for r in await run.each(
-                "churn",
-                system=run.system.protocol,
-                host=HOST,
-                port=run.system.port,
-                secret=SECRET,
-                shape="churn",
-                first=0,
-                duration=scale.churn_seconds,
-                concurrency=scale.churn_concurrency,
-            )
+        return await churn_loops(run, scale.churn_seconds, scale.churn_concurrency)
+
+
+async def churn_loops(run: Run, seconds: float, concurrency: int, first: int = 0) -> dict[str, Any]:
+    """`concurrency` churn loops per generator for `seconds` on a running system: the churn figures.
+
+    Also run by the presence scenario, with and without the churned rooms in presence_rooms."""
+    progress(f"{run.label}: {concurrency} loops per generator for {seconds:.0f} s")
+    await run.each("reset")
+    failed_before = (await run.stats())["failed"]
+    cpu_before, started = run.cpu(), time.monotonic()
+    cycles = sum(
+        r["cycles"]
+        for r in await run.each(
+            "churn",
+            system=run.system.protocol,
+            host=HOST,
+            port=run.system.port,
+            secret=SECRET,
+            shape="churn",
+            first=first,
+            duration=seconds,
+            concurrency=concurrency,
         )
-        seconds, cpu = time.monotonic() - started, run.cpu() - cpu_before
-        stats = await run.stats()
+    )
+    elapsed, cpu = time.monotonic() - started, run.cpu() - cpu_before
+    stats = await run.stats()
     return {
-        "connections": scale.churn_concurrency * len(run.generators),
-        "churn_per_s": round(cycles / seconds, 1),
+        "connections": concurrency * len(run.generators),
+        "churn_per_s": round(cycles / elapsed, 1),
         "cpu_ms_per_cycle": round(cpu * 1000 / max(cycles, 1), 3),
         **hist.summary(stats["histogram"]),
-        "failed": stats["failed"],
+        "failed": stats["failed"] - failed_before,
+        "cycles": cycles,
+        "cpu_s": round(cpu, 3),
+        "seconds": round(elapsed, 2),
     }
 
 
-SCENARIOS = {"idle": idle, "fanout": fanout, "chat": chat, "storm": storm, "churn": churn, "history": history}
-JETSOCK_ONLY = {"history"}
+SCENARIOS = {
+    "idle": idle,
+    "fanout": fanout,
+    "chat": chat,
+    "storm": storm,
+    "churn": churn,
+    "history": history,
+    "presence": presence,
+    "compression": compression,
+}
+JETSOCK_ONLY = {"history", "presence"}
 """Scenarios of features the peer does not have: run against jetsock's systems only."""

@@ -22,6 +22,7 @@ SHAPES: dict[str, Callable[[int], list[str]]] = {
     "storm": lambda i: [f"storm.{i // STORM_ROOM_SIZE}"],
     "churn": lambda i: [f"churn.{i % CHURN_ROOMS}"],
     "history": lambda i: [f"history.{i}"],
+    "presence": lambda i: ["presence.all"],
     "none": lambda i: [],
 }
 

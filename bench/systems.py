@@ -100,10 +100,12 @@ class Jetsock(System):
         self.supervisor: subprocess.Popen[bytes] | None = None
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
+        self.extra_env: dict[str, str] = {}
+        """Settings a scenario adds (the presence scenario's JETSOCK_PRESENCE_*), set before start()."""
 
-    async def start(self) -> None:
-        self.nats.start()
-        env = {
+    def env(self) -> dict[str, str]:
+        """The edges' environment, before the telemetry settings."""
+        return {
             **os.environ,
             "JETSOCK_NATS_URL": self.nats.url,
             "JETSOCK_JWT_SECRET": SECRET,
@@ -113,13 +115,20 @@ class Jetsock(System):
             "JETSOCK_DRAIN_SECONDS": "1",
             # The fd hard limit (20,000) less what a worker needs besides client sockets.
             "JETSOCK_MAX_CONNECTIONS": "19900",
-            **await self.telemetry_env(),
+            **self.extra_env,
         }
+
+    async def start(self) -> None:
+        self.nats.start()
+        env = {**self.env(), **await self.telemetry_env()}
         jetsock = Path(sys.executable).parent / "jetsock"
         self.supervisor = subprocess.Popen([str(jetsock), "serve"], env=env, preexec_fn=die_with_parent)
         await self.wait_listening("/readyz")
         while len(self.server_pids()) < self.workers:
             await asyncio.sleep(0.1)
+        await self.connect_backend()
+
+    async def connect_backend(self) -> None:
         self.nc = await nats.connect(self.nats.url)
         self.js = self.nc.jetstream()
 
@@ -152,6 +161,60 @@ class Jetsock(System):
         if self.supervisor is not None:
             self.supervisor.terminate()
             await asyncio.to_thread(self.supervisor.wait)
+        self.nats.stop()
+
+
+class JetsockEdges(Jetsock):
+    """`workers` separate edges (`jetsock serve`, one process each, each its own node and port) on one
+    nats-server: a cluster of nodes that clients can be sent to one by one (the presence scenario).
+
+    `port` is the first edge's; `ports` lists them all, `edge_pids()` gives each edge's process."""
+
+    name = "jetsock-edges"
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        super().__init__(workdir, workers)
+        self.ports = [self.port, *(free_port() for _ in range(workers - 1))]
+        self.edges: list[subprocess.Popen[bytes]] = []
+
+    async def start(self) -> None:
+        self.nats.start()
+        jetsock = Path(sys.executable).parent / "jetsock"
+        base = {**self.env(), **await self.telemetry_env(), "JETSOCK_WORKERS": "1"}
+        for index, port in enumerate(self.ports):
+            env = {**base, "JETSOCK_PORT": str(port), "JETSOCK_NODE": f"edge-{index}"}
+            self.edges.append(subprocess.Popen([str(jetsock), "serve"], env=env, preexec_fn=die_with_parent))
+        first = self.port
+        try:
+            for port in self.ports:
+                self.port = port
+                await self.wait_listening("/readyz")
+        finally:
+            self.port = first
+        await self.connect_backend()
+
+    def server_pids(self) -> list[int]:
+        return [edge.pid for edge in self.edges if edge.poll() is None]
+
+    def edge_pids(self) -> list[int]:
+        """Each edge's process, in the order of `ports` (a dead one too: its CPU reads 0)."""
+        return [edge.pid for edge in self.edges]
+
+    async def metrics(self, index: int) -> str:
+        """Edge `index`'s /metrics (Prometheus text)."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://{HOST}:{self.ports[index]}/metrics") as response,
+        ):
+            return await response.text()
+
+    async def stop(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+        for edge in self.edges:
+            edge.terminate()
+        for edge in self.edges:
+            await asyncio.to_thread(edge.wait)
         self.nats.stop()
 
 

@@ -3,23 +3,26 @@
 `make bench` is too long for CI, so these tests keep it from rotting: the lean
 WebSocket client against a real aiohttp server, and `python -m bench --quick`
 for the storm scenario against both real systems (jetsock on nats-server,
-python-socketio on redis-server), its result files and its report, and for the
-history scenario (jetsock only).
+python-socketio on redis-server), its result files and its report, for the
+history scenario (jetsock only), and the presence and compression scenarios at a tinier scale.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from bench import hist
-from bench.__main__ import FIXED_KEYS
-from bench.wire import WsProtocol, handshake
+from bench.__main__ import FIXED_KEYS, run
+from bench.scenarios import QUICK
+from bench.wire import WsProtocol, deflate_message, handshake
 
 REPO = Path(__file__).parents[2]
 
@@ -136,3 +139,140 @@ def test_quick_history_pages_and_join_storm_on_jetsock_only(tmp_path: Path) -> N
     report = (tmp_path / "REPORT.md").read_text()
     assert "## history" in report and "python-socketio keeps no messages" in report
     assert (tmp_path / "plots" / "history-page-latency.png").stat().st_size > 1000
+
+
+async def test_tiny_presence_on_two_edges_through_the_runner(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 15's scenario, tiny and in-process (the quick one takes longer than a test should):
+    a presence room on two edges, events, `who` on both edges, churn, and the churn variant."""
+    monkeypatch.chdir(REPO)  # the load generators run `python -m bench.loadgen`
+    tiny = dataclasses.replace(
+        QUICK,
+        presence_users=200,
+        presence_interval=0.25,
+        presence_join_seconds=1.0,
+        presence_watchers=20,
+        presence_sample_every=2,
+        presence_askers=2,
+        presence_idle_seconds=0.5,
+        presence_who_rate=20.0,
+        presence_who_seconds=1.0,
+        presence_churn_rate=20.0,
+        presence_churn_seconds=1.0,
+        presence_variant_seconds=1.0,
+        presence_profile_seconds=0.0,
+        churn_concurrency=4,
+    )
+    results = tmp_path / "results"
+    await run(["presence"], ["jetsock", "python-socketio"], True, results, scale=tiny)
+    assert not (results / "presence-python-socketio.json").exists()
+    figures = json.loads((results / "presence-jetsock.json").read_text())
+    assert set(figures) <= set(FIXED_KEYS)
+    assert {"scenario", "system", "connections", "p50_ms", "p99_ms"} <= set(figures)
+    assert figures["connections"] == 220  # the users and the watchers are present
+    details = json.loads((results / "details" / "presence-jetsock.json").read_text())
+    assert details["failed"] == 0 and not details["errors"]
+    who = details["who"]
+    assert who["answered"] == who["asked"] > 0 and who["count"] == [220, 220] and who["errors"] == 0
+    assert set(who["by_edge"]) == {"edge-0", "edge-1"}
+    churn = details["churn"]
+    assert churn["leaves"] == churn["joins"] > 0 and churn["changes"] == churn["leaves"] + churn["joins"]
+    # One delta per change, published once and delivered to the other edge (no echo to its sender).
+    assert 0.9 <= churn["bus_sent_per_change"] <= 1.1 and 0.9 <= churn["bus_received_per_change"] <= 1.1
+    assert 0.9 <= churn["nats_in_msgs_per_change"] <= 1.3
+    for phase in (details["join"], churn):
+        assert phase["settled"] and phase["events"]["received_fraction"] == 1.0
+        assert phase["events"]["matched"] > 0 and phase["events"]["unmatched"] == 0
+        assert 0 < phase["events"]["delay"]["p99_ms"] < 2000
+    variant = details["churn_variant"]
+    assert variant["plain"]["cycles"] > 0 and variant["presence"]["cycles"] > 0
+    assert variant["presence"]["nats_in_msgs_per_cycle"] >= 1.5 > variant["plain"]["nats_in_msgs_per_cycle"]
+    assert figures.keys() <= details.keys() and details["churn_presence_overhead"] == variant["overhead"]
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "## presence" in report and "python-socketio has no presence" in report
+    assert "`who` p99 in a presence room of 220 (issue 15)" in report
+    assert (tmp_path / "plots" / "presence-latency.png").stat().st_size > 1000
+
+
+async def test_lean_client_negotiates_deflate_with_aiohttp_and_inflates_with_context_takeover() -> None:
+    """aiohttp's server (python-socketio's) compresses with context takeover: the client keeps one inflater."""
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=True)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                for n in range(3):  # the same text again: with context, the later ones refer back
+                    await ws.send_str(f"{message.data} #{n} " + "abcdefgh" * 50)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    received: list[bytes] = []
+    try:
+        loop = asyncio.get_running_loop()
+        request = handshake("127.0.0.1", port, "/ws", deflate=True)
+        _transport, proto = await loop.create_connection(
+            lambda: WsProtocol(request, received.append, lambda code: None), "127.0.0.1", port
+        )
+        await asyncio.wait_for(proto.upgraded, 5)
+        assert proto.deflate and proto.server_takeover
+        proto.send_text(b"hello")  # sent compressed (RSV1), read by aiohttp
+        for _ in range(100):
+            if len(received) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert received == [b"hello #%d " % n + b"abcdefgh" * 50 for n in range(3)]
+        assert proto.frame_bytes < 100  # the last one, compressed against the first
+        proto.close()
+    finally:
+        await runner.cleanup()
+    assert deflate_message(b"x" * 1000) != deflate_message(b"y" * 1000)
+
+
+async def test_tiny_compression_on_both_systems_through_the_runner(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 17's scenario, tiny and in-process: every variant on both systems, the targets, the report."""
+    monkeypatch.chdir(REPO)
+    tiny = dataclasses.replace(
+        QUICK,
+        compression_members=30,
+        compression_rates=[],
+        compression_step=0.4,
+        compression_chat_clients=30,
+        compression_chat_interval=0.4,
+        compression_chat_seconds=0.8,
+        compression_idle=30,
+        compression_settle=0.1,
+    )
+    results = tmp_path / "results"
+    await run(["compression"], ["jetsock", "python-socketio"], True, results, scale=tiny)
+    by_system = {}
+    for system in ("jetsock", "python-socketio"):
+        figures = json.loads((results / f"compression-{system}.json").read_text())
+        assert set(figures) <= set(FIXED_KEYS)
+        assert {"scenario", "system", "connections", "cpu_us_per_delivery", "rss_kb_per_conn"} <= set(figures)
+        details = json.loads((results / "details" / f"compression-{system}.json").read_text())
+        by_system[system] = details
+        assert len(details["fanout"]) == len(details["chat"]) == 4 and len(details["idle"]) == 2
+        for variant in details["fanout"]:
+            assert variant["members"] == 30 and variant["steps"][0]["delivered_fraction"] == 1.0, variant
+        for variant in details["chat"]:
+            assert variant["acked"] == variant["published"] > 0 and not variant["errors"], variant
+            assert variant["deliveries"] == 10 * variant["published"], variant
+        for point in details["idle"]:
+            assert point["received_a_message"] == point["connections"] == 30, point
+        assert {"wire_cut_2kb", "cpu_ratio_2kb_saturation", "rss_kb_per_idle_conn_delta"} <= set(details["targets"])
+    jetsock, peer = by_system["jetsock"]["summary"], by_system["python-socketio"]["summary"]
+    # jetsock sends the 100-byte messages plain (under compress_min_bytes) and the 2 KB ones compressed alone;
+    # the peer compresses everything, each message against the ones before (context takeover).
+    assert 0.95 < jetsock["100B"]["wire_cut_fanout"] < 1.05
+    assert 1.8 < jetsock["2KB"]["wire_cut_fanout"] < 3.5 and 1.8 < jetsock["2KB"]["wire_cut_chat"] < 3.5
+    assert peer["100B"]["wire_cut_fanout"] > 3 and peer["2KB"]["wire_cut_fanout"] > 3
+    shapes = {s["payload"]: s["ratio"] for s in by_system["jetsock"]["shapes"]}
+    assert shapes["8 KB feed update"] > shapes["2 KB feed update (a list of like items)"] > 1.5
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "## compression" in report and "2 KB payload: wire bytes per delivery, off over on" in report
+    assert "wire bytes per delivery of the 2 KB payload, off over on (issue 17)" in report
