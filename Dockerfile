@@ -25,8 +25,8 @@ COPY core core
 COPY edge edge
 COPY schemas schemas
 COPY clients/python clients/python
-# Only what the edge serves: the module and its types (not the package's dev tools).
-COPY clients/js/jetsock.js clients/js/jetsock.d.ts clients/js/
+# Only what the edge serves: the module, its stream transport and its types (not the package's dev tools).
+COPY clients/js/jetsock.js clients/js/jetsock-stream.js clients/js/jetsock.d.ts clients/js/
 # A regular (not editable) install from a wheel. edge/pages.py serves the
 # browser client from Path(edge.__file__).parents[1] / "clients" / "js", which
 # for an installed package is site-packages/clients/js: the JS files are put
@@ -36,7 +36,7 @@ RUN /opt/jetsock/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && site="$(/opt/jetsock/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
     && mkdir -p "$site/clients" \
     && cp -r clients/js "$site/clients/js" \
-    && /opt/jetsock/bin/python -c "import edge.pages as p; assert (p.CLIENT_JS / 'jetsock.js').is_file(), p.CLIENT_JS"
+    && /opt/jetsock/bin/python -c "import edge.pages as p; assert (p.CLIENT_JS / 'jetsock.js').is_file() and (p.CLIENT_JS / 'jetsock-stream.js').is_file(), p.CLIENT_JS"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 jetsock \

@@ -1,7 +1,8 @@
 """What a browser loads from an edge: the JS client, the demo chat, and dev tokens.
 
 `/jetsock.js` is always served (apps load the client from the node they talk
-to). The demo at `/` is on with the `demo` setting (and in `make run`).
+to), with `/jetsock-stream.js`, the transport it imports when it falls back to
+the HTTP stream. The demo at `/` is on with the `demo` setting (and in `make run`).
 `/dev/token` exists only in development mode: it signs tokens with the dev
 secret (random for each run unless JETSOCK_JWT_SECRET is set) so the demo
 works without an identity provider. It answers only requests whose Host is
@@ -50,6 +51,11 @@ def file_handler(path: Path, content_type: str) -> Callable[[web.Request], Await
 
 async def client_js(request: web.Request) -> web.Response:
     return static_file(CLIENT_JS / "jetsock.js", "text/javascript")
+
+
+async def client_stream_js(request: web.Request) -> web.Response:
+    """The client's HTTP stream transport, which /jetsock.js imports only when it falls back to it."""
+    return static_file(CLIENT_JS / "jetsock-stream.js", "text/javascript")
 
 
 async def client_types(request: web.Request) -> web.Response:
@@ -123,6 +129,7 @@ def rebinding_safe_host(host: str) -> bool:
 def add_routes(app: web.Application) -> None:
     settings = app[NODE_KEY].settings
     app.router.add_get("/jetsock.js", client_js)
+    app.router.add_get("/jetsock-stream.js", client_stream_js)
     app.router.add_get("/jetsock.d.ts", client_types)
     if settings.demo or settings.dev:
         app.router.add_get("/", demo_page)

@@ -94,6 +94,26 @@ export interface WebSocketLike {
 
 export type WebSocketConstructorLike = new (url: string, protocols: string[]) => WebSocketLike;
 
+/**
+ * How the client reaches the server: "websocket", or "stream", the HTTP stream of
+ * PROTOCOL.md section 11 (`POST /v1/stream` answered with server-sent events, frames sent
+ * with `POST /v1/stream/<session>`), for networks whose proxies break the upgrade.
+ */
+export type Transport = "websocket" | "stream";
+
+/** What the stream transport reads of a fetch() answer (browsers' and node's Response have it). */
+export interface FetchResponseLike {
+  readonly status: number;
+  readonly headers: { get(name: string): string | null };
+  readonly body: { getReader(): { read(): Promise<{ done: boolean; value?: Uint8Array }> }; cancel(): Promise<void> } | null;
+}
+
+/** The part of fetch() the stream transport uses: always a POST with a string body. */
+export type FetchLike = (
+  url: string,
+  init: { method: "POST"; headers: Record<string, string>; body: string; signal: AbortSignal },
+) => Promise<FetchResponseLike>;
+
 /** What the client needs of an EventTarget (window, document, node's EventTarget). */
 export interface EventTargetLike {
   addEventListener(type: string, listener: (ev: { type: string }) => void): void;
@@ -108,7 +128,7 @@ export interface AbortSignalLike {
 }
 
 export interface JetsockOptions {
-  /** Token source; offered as subprotocol `bearer.<token>`. Without it the server's cookie is used. */
+  /** Token source; offered as subprotocol `bearer.<token>` (over the stream: `Authorization: Bearer <token>`). Without it the server's cookie is used. */
   token?: TokenSource;
   /** Connect when made (default); false: state "idle" until connect(). */
   autoConnect?: boolean;
@@ -132,8 +152,26 @@ export interface JetsockOptions {
   maxFrameBytes?: number;
   /** Extra subprotocols offered after "jetsock.v1" and the bearer token. */
   protocols?: string | string[];
-  /** WebSocket constructor (node: the `ws` package; tests); default globalThis.WebSocket. */
+  /**
+   * WebSocket constructor (node: the `ws` package; tests); default globalThis.WebSocket.
+   * Where there is none (node 20 without `ws`), the client uses the stream transport.
+   */
   WebSocket?: WebSocketConstructorLike;
+  /**
+   * The transports to use, in order (default `["websocket", "stream"]`). The client starts
+   * with the first and moves on to the second when the first fails twice in a row before
+   * any `welcome` (or cannot be made at all); 5 minutes later, at its next reconnect, it
+   * tries the first again. `["stream"]`: the stream only; `["websocket"]`: never the stream.
+   */
+  transports?: readonly Transport[];
+  /**
+   * The URL of `POST /v1/stream`; frames go to `<streamUrl>/<session>`. Default: beside the
+   * WebSocket URL, ws -> http and wss -> https, its last path segment (`/ws`) replaced by
+   * `/v1/stream` (`wss://example.com/ws` -> `https://example.com/v1/stream`).
+   */
+  streamUrl?: string | URL;
+  /** fetch() for the stream transport (tests, other hosts); default globalThis.fetch. */
+  fetch?: FetchLike;
   /**
    * true: console.debug("jetsock", ...) of state changes, frames in and out (type, ref,
    * room), close decisions and errors; a function: called with those arguments instead.
@@ -152,6 +190,8 @@ export type State = "idle" | "connecting" | "connected" | "reconnecting" | "disc
 export interface ConnectedInfo {
   session: string | null;
   node: string | null;
+  /** The transport of this connection: "stream" after a fallback. */
+  transport: Transport;
 }
 
 export interface ReconnectingInfo {
@@ -471,6 +511,8 @@ export declare class Jetsock {
   constructor(url: string | URL, options?: JetsockOptions);
   readonly url: string;
   readonly state: State;
+  /** The transport of the current (or last) connection attempt; null before the first. */
+  readonly transport: Transport | null;
   /** From the last `welcome`. */
   readonly session: string | null;
   readonly node: string | null;

@@ -1,8 +1,10 @@
 // jetsock browser client: WebSocket rooms with resume, idempotent publishes and
 // reconnects that follow PROTOCOL.md section 9.11 (the rules in RULES below).
-// Zero dependencies, one ESM file. Runs in browsers and in node 20+ (pass
-// options.WebSocket there, e.g. the `ws` package); every browser global is
-// looked up behind a guard.
+// Zero dependencies, ESM. Runs in browsers and in node 20+ (pass options.WebSocket
+// there, e.g. the `ws` package); every browser-only global is looked up behind a guard
+// (TextEncoder, which every host has, is not).
+// Where WebSocket cannot open (a proxy that breaks the upgrade), the client falls back
+// to the HTTP stream (PROTOCOL.md section 11): ./jetsock-stream.js, loaded only then.
 //
 //   const client = new Jetsock("wss://example.com/ws", { token: async () => jwt });
 //   client.on("state", (state, info) => {});
@@ -83,7 +85,8 @@ function quietly(fn) {
   }
 }
 
-// A UUID v4. Not crypto.randomUUID: it exists only in secure contexts, getRandomValues everywhere.
+// A UUID v4 as 32 hex digits, without dashes (as the Python client's uuid4().hex). Not
+// crypto.randomUUID: it exists only in secure contexts, getRandomValues everywhere.
 function randomId() {
   const c = globalThis.crypto;
   const b = new Uint8Array(16);
@@ -91,8 +94,7 @@ function randomId() {
   else for (let i = 0; i < 16; i++) b[i] = Math.random() * 256;
   b[6] = (b[6] & 15) | 64;
   b[8] = (b[8] & 63) | 128;
-  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
 function resolveStorage(persist) {
@@ -102,8 +104,8 @@ function resolveStorage(persist) {
   return quietly(() => sessionStorage) ?? null;
 }
 
-const encoder = typeof TextEncoder != "undefined" ? new TextEncoder() : null;
-const byteLength = (s) => (encoder ? encoder.encode(s).byteLength : s.length * 3); // * 3: UTF-8 worst case
+// TextEncoder: in every browser and in node (the stream transport needs TextDecoder too).
+const encoder = new TextEncoder();
 
 // A frame as text; `data` (already JSON) is spliced in, so that a publish's data is
 // serialized once, at publish(), and each resend only changes the ref.
@@ -212,17 +214,14 @@ export class Room extends Emitter {
     this.seq = given ? (opts.since ?? null) : (saved?.lastSeq ?? null);
     /** Epoch under which seq was received. */
     this.epoch = given ? (opts.epoch ?? null) : (saved?.epoch ?? null);
-    this.recovered = null;
-    /** The last joined's `replayed`: how many stored messages came before live ones. */
-    this.replayed = null;
-    /** Why the room left, unless by leave(). */
-    this.error = null;
-    this._r = null; // ref of our join on the current connection, while the server may hold it
+    // recovered: the last joined's; replayed: the last joined's `replayed` (how many stored
+    // messages came before live ones); error: why the room left, unless by leave().
+    // _r: ref of our join on the current connection, while the server may hold it; _tm: the
+    // retry of a refused join; _ji: the last JoinedInfo, for ready().
+    this.recovered = this.replayed = this.error = this._r = this._tm = this._ji = null;
     this._rs = false; // that join carried `since`
     this._n = 0; // joins refused with a retryable code since the last joined
-    this._tm = null; // retry of a refused join
     this._w = new Set(); // ready() promises
-    this._ji = null; // the last JoinedInfo, for ready()
     this._la = opts.last; // sent with every join, so a failed resume still shows the newest
     /**
      * Who is present (presence rooms, PROTOCOL.md section 10): sub -> {sub, info?, connections},
@@ -383,10 +382,12 @@ export class Jetsock extends Emitter {
       backoffBase: BACKOFF.base,
       backoffCap: BACKOFF.cap,
       stableAfterMs: BACKOFF.stableAfter,
+      transports: ["websocket", "stream"],
       ...options,
     });
-    this._W = o.WebSocket ?? globalThis.WebSocket; // _o: the options with their defaults
-    if (typeof this._W != "function") throw new TypeError("no WebSocket available: pass options.WebSocket");
+    // _o: the options with their defaults. Without a WebSocket (node 20 with no `ws`), the
+    // first attempt fails, and the client moves on to the stream (unless transports forbid).
+    this._W = o.WebSocket ?? globalThis.WebSocket;
     this._st = resolveStorage(o.persist); // where room positions persist (null: nowhere)
     const debug = o.debug;
     // _g: the debug log
@@ -397,9 +398,11 @@ export class Jetsock extends Emitter {
     this._p = []; // unacknowledged publishes (queued or in flight), oldest first
     this._w = new Set(); // ready() promises
     this._t = new Set(); // every pending timer (_lt), cleared on close
-    this._r = 0; // the last ref used
-    this._G = 0; // bumped per attempt, disconnect and close; stale async steps compare it
-    this._at = 0; // reconnect attempts since the last stable connection
+    // _r: the last ref used; _G: bumped per attempt, disconnect and close (stale async steps
+    // compare it); _at: reconnect attempts since the last stable connection; _wf: failures in
+    // a row before a welcome; _ts: when the client moved on from the first transport to the
+    // second (0 or undefined while on the first).
+    this._r = this._G = this._at = this._wf = 0;
     /** "idle" | "connecting" | "connected" | "reconnecting" | "disconnected" | "closed" */
     this.state = "idle";
     this._tr = "connect"; // passed to the token source: why a token is wanted
@@ -409,7 +412,8 @@ export class Jetsock extends Emitter {
     // connection; _nt a token already fetched for the next attempt; _rt {code, policy}
     // while a reconnect is pending; _wo waiting for "online"; _h hidden; _lr the time of the
     // last frame received; _hb the heartbeat (ms, from welcome); _ci the last ConnectedInfo.
-    this.session = this.node = null; // from welcome
+    /** "websocket" | "stream": the transport of the current (or last) connection attempt. */
+    this.transport = this.session = this.node = null; // session, node: from welcome
     /** welcome.features of the last connection: what the node serves ("history", "presence"...). */
     this.features = [];
     // undefined: the browser's own targets; null: none.
@@ -502,7 +506,7 @@ export class Jetsock extends Emitter {
       opts.signal,
       json === undefined
         ? [new TypeError("data must be a JSON value")]
-        : byteLength(frameText({ ...f, ref: Number.MAX_SAFE_INTEGER }, json)) > o.maxFrameBytes
+        : encoder.encode(frameText({ ...f, ref: Number.MAX_SAFE_INTEGER }, json)).byteLength > o.maxFrameBytes
           ? ["too_large", `publish frame over ${o.maxFrameBytes} bytes`]
           : this._p.filter((e) => e.j).length >= o.maxQueued
             ? ["queue_full", `${o.maxQueued} publishes already wait for their ack`]
@@ -594,12 +598,21 @@ export class Jetsock extends Emitter {
     const protocols = [SUBPROTOCOL];
     if (token) protocols.push("bearer." + token);
     if (this._o.protocols) protocols.push(...[].concat(this._o.protocols));
+    // Back to the first transport (WebSocket) at the first attempt 5 minutes after leaving it.
+    if (Date.now() - this._ts > 3e5) this._ts = this._wf = 0;
+    const kind = (this.transport = this._o.transports[this._ts ? 1 : 0]);
     let ws;
     try {
-      ws = new this._W(this.url, protocols);
+      // The stream transport's module is fetched only by clients that need it.
+      const Stream = kind == "stream" && (await import("./jetsock-stream.js")).default;
+      if (gen != this._G) return;
+      ws = Stream ? new Stream(this, token) : new this._W(this.url, protocols);
     } catch (err) {
-      // A bad URL or subprotocol: retrying would fail the same way.
+      if (gen != this._G) return;
       this._ee(err);
+      // A WebSocket that cannot be made (a bad URL, none in this host): the next transport;
+      // with none, retrying would fail the same way. The stream's module may load next time.
+      if (this._nx() || kind == "stream") return this._sc(1006);
       return this._x(1006, String(err?.message ?? err));
     }
     this._s = ws;
@@ -629,13 +642,13 @@ export class Jetsock extends Emitter {
 
   // The socket closed on its own (server close or network loss).
   _od(code, reason) {
-    this._td();
+    this._td(code);
     this._ac(code, reason).catch((err) => this._ee(err));
   }
 
   // We give up on a silent socket: close it ourselves and reconnect as for 1006.
   _ab(why) {
-    const ws = this._td();
+    const ws = this._td(1006);
     quietly(() => ws?.close(4000, why));
     this._ac(1006, why).catch((err) => this._ee(err));
   }
@@ -697,9 +710,12 @@ export class Jetsock extends Emitter {
     this._go();
   }
 
-  // Forget the current socket and everything tied to it; returns the socket.
-  _td() {
+  // Forget the current socket and everything tied to it; returns the socket. `code`: it
+  // ended on its own (or was given up); 1006 before any welcome counts a failure of the
+  // transport, and two in a row move on to the next (PROTOCOL.md section 11).
+  _td(code) {
     const ws = this._s;
+    if (code == 1006 && ws && !this._ok && ++this._wf > 1) this._nx();
     this._s = null;
     this._ok = false;
     // The timers of a connection: no welcome in time, idle ping, dead link, stable (backoff reset).
@@ -716,6 +732,11 @@ export class Jetsock extends Emitter {
     return ws;
   }
 
+  // next transport: move on to the second one if there is one and it is not in use; truthy then.
+  _nx() {
+    if (this._o.transports[1] && !this._ts) return (this._ts = Date.now());
+  }
+
   // end: closed for good (close(), a terminal code, logged out).
   _x(code, reason, loggedOut) {
     this._cl = true;
@@ -729,7 +750,7 @@ export class Jetsock extends Emitter {
     this._li(false);
     const extra = { closeCode: code };
     const why = (this._cw = loggedOut
-      ? ["logged_out", "the token source says the user is logged out", extra]
+      ? ["logged_out", "logged out by the token source", extra]
       : ["closed", `the client is closed (${code})`, extra]);
     for (const entry of this._p.splice(0)) entry.w.reject(...why);
     settleAll(this._w, (w) => w.reject(...why));
@@ -796,17 +817,19 @@ export class Jetsock extends Emitter {
     const ws = this._s;
     this._clr(this._ct);
     this._ok = true;
+    this._wf = 0;
     this.session = f.session ?? null;
     this.features = f.features ?? [];
     this.node = f.node ?? null;
     this._hb = (f.heartbeat > 0 ? f.heartbeat : 25) * 1000;
     this._stt = this._lt(this._o.stableAfterMs, () => (this._at = 0));
     this._ai();
-    // Joins first (resuming with since/epoch), then the publishes that waited.
-    for (const room of this._R.values()) this._sj(room);
+    // Joins first (resuming with since/epoch; a stream sent them with its opening request
+    // already), then the publishes that waited.
+    for (const room of this._R.values()) if (room._r == null) this._sj(room);
     for (const entry of this._p) this._sp(entry);
     if (this._s != ws) return; // a send failed and the socket is gone
-    const info = (this._ci = { session: this.session, node: this.node });
+    const info = (this._ci = { session: this.session, node: this.node, transport: this.transport });
     this._ss("connected", info);
     settleAll(this._w, (w) => w.resolve(info));
   }
@@ -827,13 +850,14 @@ export class Jetsock extends Emitter {
     this._sn(frame);
   }
 
-  // leave (room.leave()).
-  _lv(room) {
-    if (this._R.get(room.name) != room) return Promise.resolve(); // left already
-    const member = room._r != null && this._ok; // the server has (or will have) our join
+  // leave (room.leave()): async, so that every early return is a resolved promise.
+  async _lv(room) {
+    if (this._R.get(room.name) != room) return; // left already
+    // The server has (or will have) our join: a stream sends it before the welcome.
+    const member = room._r != null;
     room._f();
     room._x("left", null);
-    if (!member) return Promise.resolve();
+    if (!member) return;
     const name = room.name;
     const ref = ++this._r;
     this._q.set(ref, { k: "leave", name });

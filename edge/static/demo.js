@@ -4,6 +4,8 @@
 // A room opens with its newest 50 messages (join option `last`); "Load older" pages
 // back through the room's history, 50 at a time, until its beginning.
 // "Online" lists who is in the room, live, from room.members (presence).
+// Where WebSocket cannot open (a proxy that breaks the upgrade) the client falls back to the
+// HTTP stream by itself: the pill says "Connected via HTTP stream".
 import { Jetsock } from "/jetsock.js";
 
 const $ = (id) => document.getElementById(id);
@@ -22,8 +24,11 @@ function showState(name, info = {}) {
   clearInterval(countdown);
   state.className = `pill ${name}`;
   state.dataset.state = name;
-  if (name === "connected") state.textContent = "Connected";
-  else if (name === "connecting") state.textContent = "Connecting…";
+  if (name === "connected") {
+    state.dataset.transport = info.transport;
+    state.textContent = info.transport === "stream" ? "Connected via HTTP stream" : "Connected";
+    state.title = info.transport === "stream" ? "WebSocket could not open on this network: events over HTTP" : "WebSocket";
+  } else if (name === "connecting") state.textContent = "Connecting…";
   else if (name === "closed") state.textContent = `Closed${info.code ? ` (${info.code})` : ""}`;
   else if (name === "reconnecting" && info.offline) {
     state.className = "pill offline";

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -126,9 +126,14 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     await ctx.close()
 
 
-async def open_demo(
-    ctx: BrowserContext, edge: EdgeProcess, name: str, room: str = "chat.lobby", query: str = ""
-) -> Page:
+class Served(Protocol):
+    """Where a page is loaded from: an edge, or a proxy in front of edges."""
+
+    @property
+    def http(self) -> str: ...
+
+
+async def open_demo(ctx: BrowserContext, edge: Served, name: str, room: str = "chat.lobby", query: str = "") -> Page:
     """A page of the demo, joined as `name`, waiting until it is connected."""
     page = await ctx.new_page()
     page.on("console", lambda m: print(f"[{name} console] {m.text}"))

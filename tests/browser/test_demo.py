@@ -1,5 +1,6 @@
 """The browser client and the demo in real Chromium: chat, crash and resume, tokens, terminal
-closes, network loss and a page coming back to the foreground."""
+closes, network loss, a page coming back to the foreground, and the fallback to the HTTP stream
+behind a proxy that refuses WebSocket."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from playwright.async_api import BrowserContext
 
 from core.embedded import EmbeddedNats
 from tests.browser.conftest import open_demo, record_states, seqs_on, states
+from tests.clients.noupgrade_proxy import NoUpgradeProxy
 from tests.conftest import token
 from tests.edge.checker import stored_seqs
 
@@ -403,3 +405,70 @@ async def test_a_4kb_message_through_the_demo_arrives_intact_compressed(
     # Once for the node, though two pages got it; 4,000 characters and more (UTF-8, JSON) compressed.
     assert after["jetsock_deflate_messages_total"] - before["jetsock_deflate_messages_total"] == 1
     assert after["jetsock_deflate_raw_bytes_total"] - before["jetsock_deflate_raw_bytes_total"] > 4000
+
+
+async def test_behind_a_proxy_that_refuses_websocket_the_demo_falls_back_to_the_stream_and_loses_nothing(
+    context: BrowserContext, edge_process: Any, nats_for_browser: EmbeddedNats
+) -> None:
+    """Two edges behind a proxy that refuses every `Upgrade: websocket` and sends each other request to
+    the next edge (tests/clients/noupgrade_proxy.py): the page falls back to the HTTP stream by itself
+    and says so, gets 200 backend messages in order, publishes, and goes through a SIGKILL and a
+    restart of the edge holding its session with nothing lost or doubled. Without the proxy the same
+    page stays on WebSocket."""
+    edges = {name: await edge_process(node=name) for name in ("edge-a", "edge-b")}
+    direct = await open_demo(context, edges["edge-a"], "direct", room="wall.direct")
+    assert await direct.get_attribute("#state", "data-transport") == "websocket"
+    assert await direct.text_content("#state") == "Connected"
+    assert await direct.evaluate("() => window.jetsockDemo.client.transport") == "websocket"
+    await direct.close()
+
+    proxy = await NoUpgradeProxy([edge.http for edge in edges.values()]).start()
+    nc = await nats.connect(nats_for_browser.url)
+    try:
+        page = await open_demo(context, proxy, "walled", room="wall.room")
+        assert await page.get_attribute("#state", "data-transport") == "stream"
+        assert await page.text_content("#state") == "Connected via HTTP stream"
+        assert proxy.refused == 2  # two refused upgrades, then the stream
+        await page.wait_for_selector('#room-state[data-state="joined"]', timeout=15000)
+        await record_states(page)
+        js = nc.jetstream()
+        acked: list[int] = []
+
+        async def backend() -> None:
+            for i in range(200):
+                acked.append((await js.publish("rooms.wall.room", b'{"text": "m%d"}' % i)).seq)
+                await asyncio.sleep(0.01)
+
+        publishing = asyncio.create_task(backend())
+        await wait_for(lambda: asyncio.sleep(0, len(acked) >= 40))
+        holder = edges[await page.evaluate("() => window.jetsockDemo.client.node")]
+        holder.kill(signal.SIGKILL)
+        # The stream through the proxy broke with it: a new one, on the edge still up, resumes.
+        await page.wait_for_function(
+            "(node) => window.__states.some(s => s.state === 'connected' && s.info.node !== node)",
+            arg=holder.settings["node"],
+            timeout=20000,
+        )
+        await page.fill("#text", "from behind the wall")
+        await page.press("#text", "Enter")
+        await page.wait_for_selector("#messages li:has-text('from behind the wall')", timeout=15000)
+        await holder.start()
+        await publishing
+        stored = await stored_seqs(nats_for_browser.url, "wall.room")
+        assert set(acked) <= set(stored) and len(stored) == 201
+
+        async def all_there() -> bool:
+            return len(await seqs_on(page)) >= len(stored)
+
+        await wait_for(all_there, timeout=40)
+        await asyncio.sleep(0.3)
+        assert await seqs_on(page) == stored  # every one, in order, none twice
+        seen = await states(page)
+        assert any(s["state"] == "reconnecting" for s in seen)
+        assert {s["info"]["transport"] for s in seen if s["state"] == "connected"} == {"stream"}
+        assert await page.text_content("#state") == "Connected via HTTP stream"
+        assert proxy.refused == 2, "no WebSocket again within 5 minutes"
+        assert len(proxy.forwarded) == 2, "the page's requests went to both edges"
+    finally:
+        await nc.close()
+        await proxy.stop()

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "clients/js"
 
 
-def test_npm_pack_ships_the_module_its_types_readme_and_license() -> None:
+def test_npm_pack_ships_the_module_its_stream_transport_types_readme_and_license() -> None:
     out = subprocess.run(
         ["npm", "pack", "--dry-run", "--json", "--loglevel=error"],
         cwd=PACKAGE,
@@ -21,7 +21,7 @@ def test_npm_pack_ships_the_module_its_types_readme_and_license() -> None:
     ).stdout
     (packed,) = json.loads(out)
     files = sorted(entry["path"] for entry in packed["files"])
-    assert files == ["LICENSE", "README.md", "jetsock.d.ts", "jetsock.js", "package.json"]
+    assert files == ["LICENSE", "README.md", "jetsock-stream.js", "jetsock.d.ts", "jetsock.js", "package.json"]
 
 
 def test_the_package_license_is_the_repository_license() -> None:

@@ -551,6 +551,8 @@ def test_the_client_s_defaults_are_the_rules() -> None:
         "max_pending_publishes": None,
         "max_frame_bytes": defaults.max_frame_bytes,
         "compress": True,  # permessage-deflate offered (PROTOCOL.md 9.15); browsers offer it by themselves
+        "transports": ("websocket", "stream"),  # the JS client's default too (PROTOCOL.md section 11)
+        "stream_url": None,  # beside the WebSocket URL
     }
 
 

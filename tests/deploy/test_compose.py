@@ -280,9 +280,12 @@ def test_image_puts_the_js_client_where_the_edge_serves_it_from() -> None:
     assert "p.CLIENT_JS" in build
     copied = [i.args.split() for i in stages()[0] if i.keyword == "COPY"]
     assert any(
-        "clients/js/jetsock.js" in words and "clients/js/jetsock.d.ts" in words and words[-1] == "clients/js/"
+        "clients/js/jetsock.js" in words
+        and "clients/js/jetsock-stream.js" in words
+        and "clients/js/jetsock.d.ts" in words
+        and words[-1] == "clients/js/"
         for words in copied
-    ), "the module and its types are copied (not the package's node_modules)"
+    ), "the module, its stream transport and its types are copied (not the package's node_modules)"
 
 
 # ------------------------------------------------------------------------ compose

@@ -20,6 +20,9 @@ async def test_client_js_always_served_demo_and_dev_token_only_when_enabled(make
     plain = await make_edge()
     status, kind, body = await get(plain.http + "/jetsock.js")
     assert status == 200 and kind == "text/javascript" and "export" in body
+    assert 'import("./jetsock-stream.js")' in body  # the fallback, beside it
+    status, kind, body = await get(plain.http + "/jetsock-stream.js")
+    assert status == 200 and kind == "text/javascript" and "export default class StreamSocket" in body
     assert (await get(plain.http + "/"))[0] == 404
     assert (await get(plain.http + "/dev/token?sub=a"))[0] == 404
     demo = await make_edge(demo=True)

@@ -5,6 +5,8 @@
 import { test, describe, beforeEach, afterEach, mock } from "node:test";
 import assert from "node:assert/strict";
 import Default, { Jetsock, JetsockError, RULES, Room, backoffDelay, closePolicy } from "../../clients/js/jetsock.js";
+// Loaded here too, so that the client's dynamic import of it resolves without file I/O.
+import StreamSocket, { streamUrl } from "../../clients/js/jetsock-stream.js";
 
 const flush = () => new Promise((resolve) => setImmediate(resolve)); // setImmediate is not mocked
 
@@ -248,7 +250,7 @@ describe("Jetsock client", () => {
     ws.open();
     assert.deepEqual(ws.sent, [], "nothing before welcome");
     ws.recv({ type: "welcome", session: "s1", node: "n1", heartbeat: 25, exp: 2e9 });
-    assert.deepEqual(env.lastState(), ["connected", { session: "s1", node: "n1" }]);
+    assert.deepEqual(env.lastState(), ["connected", { session: "s1", node: "n1", transport: "websocket" }]);
     assert.deepEqual(ws.sent, [{ type: "join", room: "chat.lobby", ref: 1 }]);
     assert.equal(room.state, "joining");
     ws.recv({ type: "joined", room: "chat.lobby", epoch: "e1", seq: 10, recovered: false, ref: 1 });
@@ -927,7 +929,7 @@ describe("Jetsock client", () => {
       assert.equal(env.client.state, "connecting");
       env.client.connect();
       const ws = await connect(env);
-      assert.deepEqual(await ready, { session: "s1", node: "n1" });
+      assert.deepEqual(await ready, { session: "s1", node: "n1", transport: "websocket" });
       env.client.connect();
       await flush();
       assert.equal(env.sockets.length, 1);
@@ -996,8 +998,8 @@ describe("Jetsock client", () => {
       const env = setup();
       const first = env.client.ready();
       const ws = await connect(env);
-      assert.deepEqual(await first, { session: "s1", node: "n1" });
-      assert.deepEqual(await env.client.ready(), { session: "s1", node: "n1" });
+      assert.deepEqual(await first, { session: "s1", node: "n1", transport: "websocket" });
+      assert.deepEqual(await env.client.ready(), { session: "s1", node: "n1", transport: "websocket" });
       ws.drop(1006);
       const next = env.client.ready();
       const timed = env.client.ready({ timeoutMs: 100 });
@@ -1009,7 +1011,7 @@ describe("Jetsock client", () => {
       advance(100);
       await assert.rejects(timed, (e) => e.code === "timeout");
       await reconnect(env, { session: "s2" });
-      assert.deepEqual(await next, { session: "s2", node: "n1" });
+      assert.deepEqual(await next, { session: "s2", node: "n1", transport: "websocket" });
       env.last().drop(1006);
       const onClose = env.client.ready();
       env.client.close();
@@ -1595,7 +1597,7 @@ describe("Jetsock client", () => {
     assert.deepEqual(logs[0], ["state", "connecting", undefined]);
     assert.deepEqual(logs[1], ["in", "welcome", undefined, undefined]);
     assert.deepEqual(logs[2], ["out", "join", 1, "chat.lobby"]);
-    assert.deepEqual(logs[3], ["state", "connected", { session: "s1", node: "n1" }]);
+    assert.deepEqual(logs[3], ["state", "connected", { session: "s1", node: "n1", transport: "websocket" }]);
     assert.deepEqual(logs[4], ["in", "joined", 1, "chat.lobby"]);
     assert.deepEqual(logs[5], ["closed", 4029, "slow down", closePolicy(4029)]);
     assert.equal(logs[6][0], "state");
@@ -1753,6 +1755,416 @@ describe("Jetsock client", () => {
       ws = await connect(env);
       hide("visible"); // not hidden before: nothing
       assert.equal(ws.frames("ping").length, 0);
+    });
+  });
+
+  // --- the HTTP stream transport (clients/js/jetsock-stream.js), against a fake fetch() ---
+
+  describe("stream transport", () => {
+    const ROOM = "chat.lobby";
+    const bytes = (text) => new TextEncoder().encode(text);
+    const event = (frame) => `data: ${JSON.stringify(frame)}\n\n`;
+    const msg = (seq, data = { seq }) => ({ type: "msg", room: ROOM, seq, ts: 1, data });
+
+    // Promises, a dynamic import and stream reads settle over several turns.
+    async function settle() {
+      for (let i = 0; i < 10; i++) await flush();
+    }
+
+    // fetch() as the server's two endpoints would answer it, by hand: each request waits for
+    // respond(status, headers) or, for POST /v1/stream, open(), which holds the answer open
+    // as an event stream the test writes to.
+    function fakeFetch() {
+      const requests = [];
+      const fetch = (url, init) =>
+        new Promise((resolve, reject) => {
+          const req = { url, init, auth: init.headers.Authorization, frames: JSON.parse(init.body), aborted: false };
+          let body = null;
+          init.signal.addEventListener("abort", () => {
+            req.aborted = true;
+            const err = new DOMException("aborted", "AbortError");
+            quiet(() => body?.error(err));
+            reject(err);
+          });
+          req.respond = (status, headers = {}) => resolve(new Response(status == 204 ? null : "{}", { status, headers }));
+          req.open = (headers = { "content-type": "text/event-stream; charset=utf-8" }) => {
+            resolve(new Response(new ReadableStream({ start: (c) => (body = c) }), { status: 200, headers }));
+            return {
+              write: (data) => body.enqueue(typeof data == "string" ? bytes(data) : data),
+              send: (frame) => body.enqueue(bytes(event(frame))),
+              end: () => body.close(),
+            };
+          };
+          requests.push(req);
+        });
+      const opens = () => requests.filter((r) => r.url.endsWith("/v1/stream"));
+      const posts = () => requests.filter((r) => !r.url.endsWith("/v1/stream"));
+      return { fetch, requests, opens, posts };
+    }
+    const quiet = (fn) => {
+      try {
+        fn();
+      } catch {}
+    };
+
+    function streamSetup(options = {}, token) {
+      const server = fakeFetch();
+      const env = setup({ token, options: { fetch: server.fetch, transports: ["stream"], ...options } });
+      return { ...env, server };
+    }
+
+    // Let the attempt post its opening request; answer it with an event stream and a welcome.
+    async function streamConnect(env, welcome = {}) {
+      await settle();
+      const open = env.server.opens().at(-1);
+      assert.ok(open && !open.aborted, "an opening request waits");
+      const s = open.open();
+      s.send({ type: "welcome", session: "s1", node: "n1", heartbeat: 25, exp: 2e9, ...welcome });
+      await settle();
+      return { open, s };
+    }
+
+    test("streamUrl: beside the WebSocket URL, ws -> http, wss -> https, /ws -> /v1/stream", () => {
+      assert.equal(streamUrl("ws://localhost:8080/ws"), "http://localhost:8080/v1/stream");
+      assert.equal(streamUrl("wss://example.com/ws"), "https://example.com/v1/stream");
+      assert.equal(streamUrl("wss://example.com/realtime/ws?x=1#y"), "https://example.com/realtime/v1/stream");
+      assert.equal(streamUrl("ws://example.com"), "http://example.com/v1/stream");
+      assert.equal(typeof StreamSocket, "function");
+    });
+
+    test("two WebSocket failures before any welcome: the stream, its opening request carrying the joins", async (t) => {
+      t.mock.method(Math, "random", () => 0);
+      const server = fakeFetch();
+      const env = setup({ options: { fetch: server.fetch } });
+      env.server = server;
+      const room = env.client.join(ROOM, { since: 7, epoch: "e1", last: 5 });
+      await flush();
+      assert.equal(env.client.transport, "websocket");
+      env.last().drop(1006); // the upgrade was refused: no welcome
+      advance(0);
+      await flush();
+      assert.equal(env.sockets.length, 2);
+      env.last().open(); // opened, and then silent: no welcome within connectTimeoutMs
+      advance(10000);
+      assert.equal(env.last().closed.code, 4000);
+      advance(0);
+      await settle();
+      assert.equal(env.sockets.length, 2, "no third WebSocket");
+      assert.equal(env.client.transport, "stream");
+      const [open] = server.opens();
+      assert.equal(open.url, "http://test/ws".replace("/ws", "/v1/stream"));
+      assert.equal(open.init.method, "POST");
+      assert.equal(open.auth, "Bearer tok3");
+      assert.equal(open.init.headers["Content-Type"], "application/json");
+      const [join] = open.frames;
+      assert.deepEqual(open.frames, [{ type: "join", room: ROOM, ref: join.ref, since: 7, epoch: "e1", last: 5 }]);
+      const s = open.open();
+      s.send({ type: "welcome", session: "node1.abc", node: "n1", heartbeat: 25, exp: 2e9 });
+      await settle();
+      assert.deepEqual(env.lastState(), ["connected", { session: "node1.abc", node: "n1", transport: "stream" }]);
+      assert.equal(env.client.session, "node1.abc");
+      const got = [];
+      room.on("message", (m) => got.push(m.seq));
+      s.send({ type: "joined", room: ROOM, ref: join.ref, epoch: "e1", seq: 9, recovered: true, replayed: 2 });
+      s.send(msg(8));
+      s.send(msg(9));
+      s.send(msg(9)); // the server never doubles; the client drops it anyway
+      await settle();
+      assert.equal(room.state, "joined");
+      assert.deepEqual(got, [8, 9]);
+      assert.equal(server.posts().length, 0, "the join went with the opening request: nothing to post");
+      assert.deepEqual(env.errors, []);
+    });
+
+    test("events across chunk boundaries: cut lines, cut UTF-8, CRLF, comments, several events per chunk", async () => {
+      const env = streamSetup();
+      const room = env.client.join(ROOM);
+      const { open, s } = await streamConnect(env);
+      const got = [];
+      room.on("message", (m) => got.push([m.seq, m.data]));
+      s.send({ type: "joined", room: ROOM, ref: open.frames[0].ref, epoch: "e1", seq: 0, recovered: false });
+      const text = event(msg(1, { text: "héllo 日本" })) + ": keepalive\n\n" + event(msg(2)).replace(/\n/g, "\r\n");
+      const all = bytes(text + event(msg(3)) + event(msg(4)));
+      // One byte at a time through the first events (so inside "é" and "日"), the rest in one chunk.
+      const cut = bytes(text).byteLength;
+      for (let i = 0; i < cut; i++) s.write(all.slice(i, i + 1));
+      s.write(all.slice(cut));
+      await settle();
+      assert.deepEqual(got, [[1, { text: "héllo 日本" }], [2, { seq: 2 }], [3, { seq: 3 }], [4, { seq: 4 }]]);
+      // An event whose data spans two data: lines is their join by a newline (a JSON with a newline in it).
+      s.write('data: {"type":"msg","room":"chat.lobby",\ndata: "seq":5,"ts":1,"data":5}\n\n');
+      await settle();
+      assert.deepEqual(got.at(-1), [5, 5]);
+      assert.deepEqual(env.errors, []);
+    });
+
+    test("posts: one at a time, in order, the frames queued meanwhile batched into one array", async () => {
+      const env = streamSetup();
+      env.client.join(ROOM);
+      const { s } = await streamConnect(env);
+      const first = env.client.publish(ROOM, { n: 1 }, { id: "a" });
+      await settle();
+      const [p1] = env.server.posts();
+      assert.equal(p1.url, "http://test/v1/stream/s1");
+      assert.equal(p1.auth, "Bearer tok1");
+      assert.deepEqual(p1.frames.map((f) => [f.type, f.id]), [["publish", "a"]]);
+      const second = env.client.publish(ROOM, { n: 2 }, { id: "b" });
+      const third = env.client.publish(ROOM, { n: 3 }, { id: "c" });
+      const page = env.client.history(ROOM, { limit: 2 });
+      await settle();
+      assert.equal(env.server.posts().length, 1, "the next post waits for the answer to this one");
+      p1.respond(204);
+      await settle();
+      const [, p2] = env.server.posts();
+      assert.deepEqual(p2.frames.map((f) => f.id ?? f.type), ["b", "c", "history"]);
+      p2.respond(204);
+      await settle();
+      assert.equal(env.server.posts().length, 2);
+      // Replies come on the stream, by ref.
+      const refs = [...p1.frames, ...p2.frames].map((f) => f.ref);
+      s.send({ type: "ack", ref: refs[0], seq: 1 });
+      s.send({ type: "ack", ref: refs[1], seq: 2 });
+      s.send({ type: "ack", ref: refs[2], seq: 3, duplicate: true });
+      s.send({ type: "history", ref: refs[3], room: ROOM, epoch: "e1", more: false, messages: [{ room: ROOM, seq: 1, ts: 1, data: 1 }] });
+      assert.deepEqual(await first, { seq: 1, duplicate: false });
+      assert.deepEqual(await second, { seq: 2, duplicate: false });
+      assert.deepEqual(await third, { seq: 3, duplicate: true });
+      assert.deepEqual((await page).messages.map((m) => m.seq), [1]);
+    });
+
+    test("404 for a post: the connection is lost (1006); the client reconnects and resumes with since and the same ids", async (t) => {
+      t.mock.method(Math, "random", () => 0);
+      const env = streamSetup();
+      const room = env.client.join(ROOM);
+      const { open, s } = await streamConnect(env);
+      s.send({ type: "joined", room: ROOM, ref: open.frames[0].ref, epoch: "e1", seq: 4, recovered: false });
+      s.send(msg(5));
+      await settle();
+      const published = env.client.publish(ROOM, { n: 1 }, { id: "once" });
+      await settle();
+      const [post] = env.server.posts();
+      post.respond(404);
+      await settle();
+      assert.equal(env.lastState()[0], "reconnecting");
+      assert.equal(env.lastState()[1].code, 1006);
+      assert.equal(room.state, "joining");
+      assert.ok(open.aborted, "the old stream is given up");
+      advance(env.lastState()[1].delayMs);
+      const again = await streamConnect(env, { session: "s2" });
+      assert.equal(env.server.opens().length, 2);
+      assert.deepEqual(again.open.frames.map((f) => [f.type, f.since, f.epoch]), [["join", 5, "e1"]]);
+      await settle();
+      const resent = env.server.posts().at(-1);
+      assert.equal(resent.url, "http://test/v1/stream/s2");
+      assert.deepEqual(resent.frames.map((f) => [f.type, f.id]), [["publish", "once"]]);
+      resent.respond(204);
+      again.s.send({ type: "ack", ref: resent.frames[0].ref, seq: 6, duplicate: true });
+      assert.deepEqual(await published, { seq: 6, duplicate: true });
+      assert.equal(env.sockets.length, 0, "pinned to the stream: no WebSocket");
+    });
+
+    test("503 for a post: the same frames again after Retry-After, and nothing after them before", async () => {
+      const env = streamSetup();
+      await streamConnect(env);
+      env.client.publish(ROOM, { n: 1 }, { id: "a" }).catch(() => {});
+      await settle();
+      const [p1] = env.server.posts();
+      p1.respond(503, { "Retry-After": "2" });
+      await settle();
+      env.client.publish(ROOM, { n: 2 }, { id: "b" }).catch(() => {});
+      await settle();
+      advance(1999);
+      await settle();
+      assert.equal(env.server.posts().length, 1, "not before Retry-After");
+      advance(1);
+      await settle();
+      const [, p2] = env.server.posts();
+      assert.equal(p2.init.body, p1.init.body, "the same frames, byte for byte");
+      p2.respond(204);
+      await settle();
+      assert.deepEqual(env.server.posts()[2].frames.map((f) => f.id), ["b"]);
+      assert.equal(env.client.state, "connected");
+    });
+
+    test("413: the batch split in two; for a single frame, closed with 1009 as a WebSocket would be", async () => {
+      const env = streamSetup();
+      await streamConnect(env);
+      env.client.publish(ROOM, 1, { id: "a" }).catch(() => {});
+      await settle();
+      env.client.publish(ROOM, 2, { id: "b" }).catch(() => {});
+      env.client.publish(ROOM, 3, { id: "c" }).catch(() => {});
+      env.server.posts()[0].respond(204);
+      await settle();
+      env.server.posts()[1].respond(413);
+      await settle();
+      const halves = env.server.posts().slice(2);
+      assert.deepEqual(halves.map((p) => p.frames.map((f) => f.id)), [["b"]]);
+      halves[0].respond(204);
+      await settle();
+      const last = env.server.posts()[3];
+      assert.deepEqual(last.frames.map((f) => f.id), ["c"]);
+      last.respond(413);
+      await settle();
+      assert.deepEqual(env.lastState(), ["closed", { code: 1009, reason: "a frame over the server's limit" }]);
+    });
+
+    test("the close event goes through the close policy: 1012 at once, 4001 for a fresh token, 4501 stops", async (t) => {
+      t.mock.method(Math, "random", () => 0.5);
+      const env = streamSetup();
+      let { s } = await streamConnect(env);
+      // The edge writes it with Python's json.dumps: spaces after the separators.
+      s.write('data: {"type": "close", "code": 1012, "reason": "draining"}\n\n');
+      await settle();
+      assert.deepEqual(env.lastState(), ["reconnecting", { attempt: 1, delayMs: 500, code: 1012 }]);
+      advance(500);
+      ({ s } = await streamConnect(env));
+      s.send({ type: "close", code: 4001, reason: "token expired" });
+      await settle();
+      assert.equal(env.lastState()[1].code, 4001);
+      advance(env.lastState()[1].delayMs);
+      await streamConnect(env);
+      assert.deepEqual(env.tokenCalls.map((c) => c.reason), ["connect", "connect", "expired"]);
+
+      const fixed = streamSetup({}, "the-one-token");
+      const second = await streamConnect(fixed);
+      second.s.send({ type: "close", code: 4501, reason: "unauthenticated" });
+      await settle();
+      assert.deepEqual(fixed.lastState(), ["closed", { code: 4501, reason: "unauthenticated" }]);
+      // The body ending without a close event, or a refused opening request, is a lost connection.
+      const third = streamSetup();
+      (await streamConnect(third)).s.end();
+      await settle();
+      assert.equal(third.lastState()[1].code, 1006);
+      advance(third.lastState()[1].delayMs);
+      await settle();
+      third.server.opens().at(-1).respond(502);
+      await settle();
+      assert.deepEqual([third.lastState()[0], third.lastState()[1].code], ["reconnecting", 1006]);
+    });
+
+    test("a post every heartbeat: a ping when nothing else went, though frames keep arriving", async () => {
+      const env = streamSetup();
+      const room = env.client.join(ROOM);
+      const { open, s } = await streamConnect(env, { heartbeat: 2 });
+      s.send({ type: "joined", room: ROOM, ref: open.frames[0].ref, epoch: "e1", seq: 0, recovered: false });
+      let seq = 0;
+      for (let ms = 0; ms < 6000; ms += 500) {
+        s.send(msg(++seq)); // busy downstream: the client's own idle ping never fires
+        await settle();
+        advance(500);
+        await settle();
+        for (const p of env.server.posts()) if (!p.done) (p.done = true), p.respond(204);
+      }
+      const pings = env.server.posts().filter((p) => p.frames.every((f) => f.type == "ping"));
+      assert.equal(pings.length, 3, "one at 2, 4 and 6 s");
+      assert.deepEqual(pings[0].frames, [{ type: "ping" }]);
+      assert.equal(room.seq, seq);
+      assert.equal(env.client.state, "connected");
+    });
+
+    test("posts carry the refreshed token once the server took it", async () => {
+      const env = streamSetup();
+      const { s } = await streamConnect(env);
+      s.send({ type: "expiring", exp: 2e9 });
+      await settle();
+      const [refresh] = env.server.posts();
+      assert.deepEqual(refresh.frames.map((f) => [f.type, f.token]), [["refresh", "tok2"]]);
+      assert.equal(refresh.auth, "Bearer tok1", "the old token is still good");
+      refresh.respond(204);
+      s.send({ type: "refreshed", ref: refresh.frames[0].ref, exp: 2e9 + 3600 });
+      await settle();
+      env.client.publish(ROOM, 1, { id: "x" }).catch(() => {});
+      await settle();
+      assert.equal(env.server.posts()[1].auth, "Bearer tok2");
+    });
+
+    test("pinning: transports ['websocket'] never falls back; ['stream'] never makes a WebSocket", async (t) => {
+      t.mock.method(Math, "random", () => 0);
+      const server = fakeFetch();
+      const env = setup({ options: { fetch: server.fetch, transports: ["websocket"] } });
+      for (let i = 0; i < 4; i++) {
+        await flush();
+        env.last().drop(1006);
+        advance(0);
+      }
+      await settle();
+      assert.equal(env.sockets.length, 5);
+      assert.equal(server.requests.length, 0);
+      assert.equal(env.client.transport, "websocket");
+
+      const only = streamSetup();
+      await streamConnect(only);
+      assert.equal(only.sockets.length, 0);
+      assert.equal(only.client.transport, "stream");
+      assert.equal(only.lastState()[1].transport, "stream");
+    });
+
+    test("a WebSocket that cannot be made: the stream at the next attempt, or closed when it is the only transport", async (t) => {
+      t.mock.method(Math, "random", () => 0);
+      class Broken {
+        constructor() {
+          throw new SyntaxError("bad url");
+        }
+      }
+      const server = fakeFetch();
+      const env = setup({ options: { fetch: server.fetch, WebSocket: Broken } });
+      env.server = server;
+      await flush();
+      assert.equal(env.errors[0].message, "bad url");
+      assert.equal(env.lastState()[0], "reconnecting");
+      advance(0);
+      await streamConnect(env);
+      assert.equal(env.client.state, "connected");
+      assert.equal(env.client.transport, "stream");
+
+      const alone = setup({ options: { WebSocket: Broken, transports: ["websocket"] } });
+      await flush();
+      assert.deepEqual(alone.lastState(), ["closed", { code: 1006, reason: "bad url" }]);
+    });
+
+    test("WebSocket again at the first reconnect 5 minutes after the fallback", async (t) => {
+      t.mock.method(Math, "random", () => 0);
+      const server = fakeFetch();
+      const env = setup({ options: { fetch: server.fetch } });
+      env.server = server;
+      for (let i = 0; i < 2; i++) {
+        await flush();
+        env.last().drop(1006);
+        advance(0);
+      }
+      let { s } = await streamConnect(env, { heartbeat: 1000 });
+      s.end(); // lost within the 5 minutes: the stream again
+      await settle();
+      advance(0);
+      ({ s } = await streamConnect(env, { heartbeat: 1000 }));
+      assert.equal(env.sockets.length, 2);
+      advance(301000, 1000);
+      s.end();
+      await settle();
+      advance(0);
+      await settle();
+      assert.equal(env.sockets.length, 3, "a WebSocket again");
+      assert.equal(env.client.transport, "websocket");
+      await connect(env);
+      assert.equal(env.lastState()[1].transport, "websocket");
+      assert.equal(server.opens().length, 2);
+    });
+
+    test("close(), disconnect() and a leave before the welcome", async () => {
+      const env = streamSetup();
+      const room = env.client.join(ROOM);
+      await settle();
+      const [open] = env.server.opens();
+      room.leave(); // its join went with the opening request: the leave follows it
+      const { s } = await streamConnect(env);
+      const [post] = env.server.posts();
+      assert.deepEqual(post.frames.map((f) => [f.type, f.room]), [["leave", ROOM]]);
+      env.client.disconnect();
+      assert.ok(open.aborted && post.aborted, "the stream and the post in flight are aborted");
+      assert.equal(env.client.state, "disconnected");
+      quiet(() => s.send(msg(1))); // too late: nothing happens
+      await settle();
+      assert.deepEqual(env.errors, []);
     });
   });
 });

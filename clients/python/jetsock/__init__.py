@@ -14,7 +14,8 @@ async with jetsock.connect("wss://example.com/ws", token=get_token) as client:
         print(message.seq, message.data)
 ```
 
-The client reconnects by itself (PROTOCOL.md sections 7 and 9.11), rejoins
+The client reconnects by itself (PROTOCOL.md sections 7 and 9.11), falls back
+to the HTTP stream where WebSocket cannot open (section 11; `transports=`), rejoins
 every room with the last seq it delivered, drops what it has already seen,
 resends unacked publishes with their idempotency id, and refreshes the token
 when the server says it is expiring. Every rule comes from `jetsock.rules`,
@@ -35,6 +36,7 @@ from jetsock.errors import (
     RoomLeft,
     ServerError,
 )
+from jetsock.link import Transport
 from jetsock.policy import Backoff, CloseDecision, Reconnect, decide, reconnect_delay
 from jetsock.reconnect import TokenReason, TokenSource
 from jetsock.room import (
@@ -100,6 +102,7 @@ __all__ = [
     "StateListener",
     "TokenReason",
     "TokenSource",
+    "Transport",
     "connect",
     "decide",
     "reconnect_delay",

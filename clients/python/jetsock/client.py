@@ -9,7 +9,10 @@ any number of times, or be closed by `disconnect()` and opened again by
 - every publish not yet acked, with its idempotency `id`, to resend it as is;
 - the token, fetched again only when the server says it is no good.
 
-Each connection is a `jetsock.link.Link`, read by the client's one task.
+Each connection is a `jetsock.link.Link`, read by the client's one task: a
+WebSocket, or where WebSocket cannot open (a proxy that breaks the upgrade)
+the HTTP stream of PROTOCOL.md section 11 (`jetsock.stream`), chosen by the
+fallback rule of `Client` (option `transports`).
 Frames are handled in the order they arrive, so a room's `joined`, its replay
 and its live messages are applied in exactly the server's order. Every rule
 (close codes, delays, limits, room names) comes from `jetsock.rules`
@@ -23,7 +26,7 @@ import itertools
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
 
@@ -46,11 +49,13 @@ from jetsock.errors import (
 from jetsock.frames import Incoming as ServerFrame
 from jetsock.frames import Members
 from jetsock.frames import Presence as PresenceFrame
-from jetsock.link import Disconnected, Link, Outcome
+from jetsock.link import Disconnected, Link, Outcome, Transport, WebSocketLink
 from jetsock.policy import RETRYABLE_ERRORS, Backoff, room_name_error
 from jetsock.reconnect import BadToken, Tokens, TokenSource, logged_out, reconnect_forever
 from jetsock.room import Ack, HistoryPage, Presence, ResetCallback, Room, message_of, presence_of
 from jetsock.state import State, StateInfo, StateListener, States
+from jetsock.stream import StreamLink
+from jetsock.stream import stream_url as stream_url_beside
 from schemas import Ack as AckFrame
 from schemas import (
     ClientFrame,
@@ -76,6 +81,13 @@ log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 256
 """Longest publish `id` the server accepts (schemas.frames.Publish)."""
+
+TRANSPORTS: tuple[Transport, ...] = ("websocket", "stream")
+"""The default transports, in order (option `transports`)."""
+FALLBACK_AFTER = 2
+"""Failures in a row before any `welcome` after which the client moves on to the next transport."""
+FIRST_AGAIN_AFTER = 300.0
+"""Seconds after moving on from the first transport at which the next reconnect tries it again."""
 
 _encode = msgspec.json.Encoder().encode
 _decode_messages = msgspec.json.Decoder(list[Msg]).decode
@@ -120,6 +132,8 @@ class Options(TypedDict, total=False):
     max_pending_publishes: int
     max_frame_bytes: int
     compress: bool
+    transports: Sequence[Transport]
+    stream_url: str | None
     draw: Callable[[], float]
 
 
@@ -155,6 +169,14 @@ class Client:
     - `compress`: offer permessage-deflate (True, the default): the edge then
       sends room messages of 256 bytes or more compressed, and this client
       compresses what it sends; False: no offer, every frame goes plain;
+    - `transports`: how to reach the server, in order (default `("websocket",
+      "stream")`). The client starts with the first and moves on to the second
+      when the first fails twice in a row before any `welcome`; at the first
+      reconnect 5 minutes later it tries the first again. `("stream",)`: the
+      HTTP stream only; `("websocket",)`: never the stream;
+    - `stream_url`: the URL of `POST /v1/stream` (frames go to
+      `<stream_url>/<session>`); default beside `url`: ws -> http, wss ->
+      https, its last path segment (`/ws`) replaced by `/v1/stream`;
     - `draw`: the random source for jitter (tests make it deterministic).
     """
 
@@ -173,8 +195,13 @@ class Client:
         max_pending_publishes: int | None = None,
         max_frame_bytes: int = rules.MAX_FRAME_BYTES,
         compress: bool = True,
+        transports: Sequence[Transport] = TRANSPORTS,
+        stream_url: str | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
+        chosen = tuple(transports)
+        if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(TRANSPORTS):
+            raise ValueError(f"transports is a sequence of distinct ones of {TRANSPORTS}, not {transports!r}")
         self.url = url
         self._tokens = Tokens(token)
         self._auto_connect = auto_connect
@@ -186,7 +213,17 @@ class Client:
         self._max_queued = max_pending_publishes if max_pending_publishes is not None else max_queued
         self._max_frame_bytes = max_frame_bytes
         self._compress = compress
+        self._transports = chosen
+        self._stream_url = stream_url or stream_url_beside(url)
         self._draw = draw
+        self.transport: Transport | None = None
+        """The transport of the current (or last) connection attempt: "websocket" or "stream"."""
+        self._failures = 0
+        """Attempts on the first transport that failed in a row before any `welcome`."""
+        self._moved_on_at: float | None = None
+        """When (loop time) the client moved on from the first transport; None while on it."""
+        self._opening: Link | None = None
+        """The link being opened: a stream's joins go with its opening request, before `welcome`."""
 
         self._states = States()
         self._closed: ClosedError | None = None
@@ -505,7 +542,7 @@ class Client:
         del self._rooms[room.name]
         link = room.link
         room.end(None)
-        if link is None or link is not self._link:
+        if link is None or (link is not self._link and link is not self._opening):
             return _DONE  # Not a member anywhere: it will simply not be rejoined.
         # A `joined` still on its way for this room is no longer ours.
         for ref in [ref for ref, (joining, _) in link.joins.items() if joining is room]:
@@ -563,11 +600,40 @@ class Client:
         if http is not None:
             await http.close()
 
+    def _choose_transport(self) -> Transport:
+        """The transport for this attempt (PROTOCOL.md section 11): the first, or the second since
+        the first failed twice in a row before any `welcome`, until 5 minutes after that."""
+        now = asyncio.get_running_loop().time()
+        if self._moved_on_at is not None and now - self._moved_on_at > FIRST_AGAIN_AFTER:
+            self._moved_on_at = None
+            self._failures = 0
+        return self._transports[0 if self._moved_on_at is None else 1]
+
+    def _count(self, kind: Transport, outcome: Outcome) -> None:
+        """After an attempt: a failure of the first transport (no close code, never welcomed) counts."""
+        code, _, lasted = outcome
+        if lasted is not None:
+            self._failures = 0
+        elif code is None and self._moved_on_at is None and len(self._transports) > 1:
+            self._failures += 1
+            if self._failures >= FALLBACK_AFTER:
+                log.info(
+                    "%s failed %d times before any welcome: trying the %s", kind, self._failures, self._transports[1]
+                )
+                self._moved_on_at = asyncio.get_running_loop().time()
+                self._failures = 0
+
     async def _connect_once(self, token: str) -> Outcome:
-        """One connection, from handshake to close."""
+        """One connection attempt, from handshake to close, on the transport the fallback rule picks."""
+        kind = self.transport = self._choose_transport()
+        outcome = await (self._stream_once(token) if kind == "stream" else self._websocket_once(token))
+        self._count(kind, outcome)
+        return outcome
+
+    async def _websocket_once(self, token: str) -> Outcome:
         assert self._http is not None
         welcome_by = asyncio.get_running_loop().time() + self._connect_timeout
-        link = await Link.open(
+        link = await WebSocketLink.open(
             self._http,
             self.url,
             token,
@@ -578,6 +644,40 @@ class Client:
         )
         if isinstance(link, str):
             return None, link, None
+        return await self._run_link(link, welcome_by)
+
+    async def _stream_once(self, token: str) -> Outcome:
+        assert self._http is not None
+        welcome_by = asyncio.get_running_loop().time() + self._connect_timeout
+        link = StreamLink(self._http, self._stream_url, lambda: self._tokens.current, self._refs, self._request_timeout)
+        # The joins go with the opening request: the server runs them right after the welcome.
+        self._opening = link
+        for room in list(self._rooms.values()):
+            if room.link is None:
+                self._send_join(link, room)
+        try:
+            failed = await link.open(self._connect_timeout)
+        except BaseException:
+            await self._forget(link)
+            raise
+        if failed is not None:
+            await self._forget(link)
+            return None, failed, None
+        return await self._run_link(link, welcome_by)
+
+    async def _forget(self, link: Link) -> None:
+        """The link is over: its rooms wait for the next one."""
+        if self._link is link:
+            self._link = None
+        if self._opening is link:
+            self._opening = None
+        for room in list(self._rooms.values()):
+            if room.link is link:
+                room.link = None
+                room.to_joining()
+        await link.close()
+
+    async def _run_link(self, link: Link, welcome_by: float) -> Outcome:
         try:
             return await link.run(
                 welcome_by=welcome_by,
@@ -586,13 +686,7 @@ class Client:
                 on_frame=self._dispatch,
             )
         finally:
-            if self._link is link:
-                self._link = None
-            for room in list(self._rooms.values()):
-                if room.link is link:
-                    room.link = None
-                    room.to_joining()
-            await link.close()
+            await self._forget(link)
 
     def _finish(self, error: ClosedError, *, by_application: bool) -> None:
         """Enter `closed` for good and fail everything that waits."""
@@ -624,7 +718,8 @@ class Client:
         publishes = list(self._publishes.values())
         # From here on new joins and publishes are sent by their callers.
         self._link = link
-        self._states.set("connected", {"session": frame.session, "node": frame.node})
+        self._opening = None
+        self._states.set("connected", {"session": frame.session, "node": frame.node, "transport": link.transport})
         for room in list(self._rooms.values()):
             if self._rooms.get(room.name) is room and room.link is None:
                 self._send_join(link, room)

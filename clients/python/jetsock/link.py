@@ -1,4 +1,5 @@
-"""One WebSocket connection: the handshake, the reader with its liveness timer, and request/reply by `ref`.
+"""One connection: request/reply by `ref` (`Link`), and over a WebSocket the handshake and the reader
+with its liveness timer (`WebSocketLink`); `jetsock.stream.StreamLink` is the HTTP stream's.
 
 A `Link` lives from one handshake to one close. Everything that must outlive
 it (rooms, unacked publishes, the token) belongs to the `Client`, which hands
@@ -14,7 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 import msgspec
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Transport = Literal["websocket", "stream"]
+"""How a link reaches the server: a WebSocket, or the HTTP stream (PROTOCOL.md section 11)."""
+
 Outcome = tuple[int | None, str, float | None]
 """How a connection ended: the close code (None without a close frame), a reason,
 and the seconds it had been up since `welcome` (None if it never got there)."""
@@ -36,8 +40,11 @@ and the seconds it had been up since `welcome` (None if it never got there)."""
 COMPRESS_WBITS = 15
 """aiohttp's `compress`: offer permessage-deflate with the full 32 KiB window (0: no offer)."""
 
-_decode = msgspec.json.Decoder(ServerFrame).decode
+decode_frame = msgspec.json.Decoder(ServerFrame).decode
 _encode = msgspec.json.Encoder().encode
+
+WelcomeCallback = Callable[["Link", Welcome], None]
+FrameCallback = Callable[["Link", ServerFrame], None]
 
 
 class Disconnected(JetsockError):
@@ -45,10 +52,11 @@ class Disconnected(JetsockError):
 
 
 class Link:
-    """One open WebSocket and the requests in flight on it."""
+    """One connection and the requests in flight on it; a transport adds how frames go and come."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, refs: itertools.count[int], request_timeout: float) -> None:
-        self.ws = ws
+    transport: Transport
+
+    def __init__(self, refs: itertools.count[int], request_timeout: float) -> None:
         self.joins: dict[int, tuple[Room, int | None]] = {}
         """Joins sent on this link and not yet answered: ref -> (room, the `since` sent)."""
         self.leaving: set[str] = set()
@@ -56,6 +64,73 @@ class Link:
         self._refs = refs
         self._request_timeout = request_timeout
         self._requests: dict[int, asyncio.Future[ServerFrame]] = {}
+
+    async def run(
+        self, *, welcome_by: float, dead_after: float, on_welcome: WelcomeCallback, on_frame: FrameCallback
+    ) -> Outcome:
+        """Read frames until the connection ends; how it ended."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Fail what waits for a reply, and end the connection."""
+        raise NotImplementedError
+
+    def send_text(self, text: str) -> None:
+        """Queue a text frame; a lost connection is not an error here (the reader sees it and reconnects)."""
+        raise NotImplementedError
+
+    def _fail_requests(self) -> None:
+        requests, self._requests = self._requests, {}
+        for future in requests.values():
+            if not future.done():
+                future.set_exception(Disconnected("the connection ended"))
+        self.joins.clear()
+
+    # --- sending ------------------------------------------------------------
+
+    def next_ref(self) -> int:
+        return next(self._refs)
+
+    def send(self, frame: ClientFrame) -> None:
+        self.send_text(_encode(frame).decode())
+
+    async def request(self, make: Callable[[int], ClientFrame], *, bounded: bool = True) -> ServerFrame:
+        """Send the frame `make(ref)` and wait for the reply carrying `ref`.
+
+        Raises `ServerError` (the reply was `error`), `Disconnected` or `TimeoutError`
+        (after the request timeout; never when not `bounded`: the caller has its own).
+        """
+        ref = self.next_ref()
+        future: asyncio.Future[ServerFrame] = asyncio.get_running_loop().create_future()
+        self._requests[ref] = future
+        try:
+            self.send(make(ref))
+            async with asyncio.timeout(self._request_timeout if bounded else None):
+                return await future
+        finally:
+            self._requests.pop(ref, None)
+
+    def reply(self, ref: object, frame: ServerFrame | BaseException) -> bool:
+        """Settle the request `ref` with a frame or an error; False if no request has that ref."""
+        future = self._requests.pop(ref, None) if isinstance(ref, int) else None
+        if future is None:
+            return False
+        if not future.done():
+            if isinstance(frame, BaseException):
+                future.set_exception(frame)
+            else:
+                future.set_result(frame)
+        return True
+
+
+class WebSocketLink(Link):
+    """One open WebSocket and the requests in flight on it."""
+
+    transport: Transport = "websocket"
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, refs: itertools.count[int], request_timeout: float) -> None:
+        super().__init__(refs, request_timeout)
+        self.ws = ws
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="jetsock writer")
 
@@ -70,7 +145,7 @@ class Link:
         refs: itertools.count[int],
         request_timeout: float,
         compress: bool = True,
-    ) -> Link | str:
+    ) -> WebSocketLink | str:
         """Open a link authenticated with the `bearer.<JWT>` subprotocol, or say why it could not be opened.
 
         `compress` offers permessage-deflate (RFC 7692; the edge takes it without context
@@ -92,8 +167,8 @@ class Link:
         *,
         welcome_by: float,
         dead_after: float,
-        on_welcome: Callable[[Link, Welcome], None],
-        on_frame: Callable[[Link, ServerFrame], None],
+        on_welcome: WelcomeCallback,
+        on_frame: FrameCallback,
     ) -> Outcome:
         """Read frames until the connection ends, pinging when it has been silent too long.
 
@@ -136,7 +211,7 @@ class Link:
             kind = message.type
             if kind is aiohttp.WSMsgType.TEXT:
                 try:
-                    frame = _decode(message.data)
+                    frame = decode_frame(message.data)
                 except msgspec.DecodeError as exc:
                     # Frame types added by a later server are skipped, not fatal.
                     log.debug("skipping a frame this client does not know: %s", exc)
@@ -156,24 +231,12 @@ class Link:
     async def close(self) -> None:
         """Fail what waits for a reply, and close the socket (code 1000) if it is still open."""
         self._writer.cancel()
-        requests, self._requests = self._requests, {}
-        for future in requests.values():
-            if not future.done():
-                future.set_exception(Disconnected("the connection ended"))
-        self.joins.clear()
+        self._fail_requests()
         if not self.ws.closed:
             # A dead peer must not hold us: on the timeout aiohttp drops the socket.
             with suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 1.0)
         await asyncio.wait({self._writer})
-
-    # --- sending ------------------------------------------------------------
-
-    def next_ref(self) -> int:
-        return next(self._refs)
-
-    def send(self, frame: ClientFrame) -> None:
-        self.send_text(_encode(frame).decode())
 
     def send_text(self, text: str) -> None:
         """Queue a text frame; a lost connection is not an error here (the reader sees it and reconnects)."""
@@ -188,31 +251,3 @@ class Link:
             except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
                 log.debug("send failed: %r", exc)
                 return
-
-    async def request(self, make: Callable[[int], ClientFrame], *, bounded: bool = True) -> ServerFrame:
-        """Send the frame `make(ref)` and wait for the reply carrying `ref`.
-
-        Raises `ServerError` (the reply was `error`), `Disconnected` or `TimeoutError`
-        (after the request timeout; never when not `bounded`: the caller has its own).
-        """
-        ref = self.next_ref()
-        future: asyncio.Future[ServerFrame] = asyncio.get_running_loop().create_future()
-        self._requests[ref] = future
-        try:
-            self.send(make(ref))
-            async with asyncio.timeout(self._request_timeout if bounded else None):
-                return await future
-        finally:
-            self._requests.pop(ref, None)
-
-    def reply(self, ref: object, frame: ServerFrame | BaseException) -> bool:
-        """Settle the request `ref` with a frame or an error; False if no request has that ref."""
-        future = self._requests.pop(ref, None) if isinstance(ref, int) else None
-        if future is None:
-            return False
-        if not future.done():
-            if isinstance(frame, BaseException):
-                future.set_exception(frame)
-            else:
-                future.set_result(frame)
-        return True

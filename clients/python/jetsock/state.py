@@ -27,7 +27,7 @@ State = Literal["idle", "connecting", "connected", "reconnecting", "disconnected
 class StateInfo(TypedDict, total=False):
     """Details of a state change; keys are named as in the browser client.
 
-    - `connected`: `session`, `node`;
+    - `connected`: `session`, `node`, `transport` ("websocket", or "stream" after a fallback);
     - `reconnecting`: `code` (1006 when there was no close frame), `reason`,
       `delayMs` (the wait before the next attempt), `attempt` (failures in a row);
     - `disconnected`: `code` 1000, `reason`;
@@ -42,6 +42,7 @@ class StateInfo(TypedDict, total=False):
     attempt: int
     session: str
     node: str
+    transport: str
     loggedOut: bool
 
 

@@ -32,10 +32,10 @@ function need(name) {
 const b64url = (value) => Buffer.from(typeof value == "string" ? value : JSON.stringify(value)).toString("base64url");
 
 /** An HS256 JWT as the edge expects it (PROTOCOL.md section 3). */
-function mint({ sub = "alice", ttl = 3600, join = [">"], publish = [">"], presence, info } = {}) {
+function mint({ sub = "alice", ttl = 3600, join = [">"], publish = [">"], presence, info, admin } = {}) {
   const now = Math.floor(Date.now() / 1000);
   const rooms = presence ? { join, publish, presence } : { join, publish };
-  const claims = { sub, iat: now, exp: now + ttl, rooms, ...(info ? { info } : {}) };
+  const claims = { sub, iat: now, exp: now + ttl, rooms, ...(info ? { info } : {}), ...(admin ? { admin: true } : {}) };
   const head = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url(claims)}`;
   return `${head}.${createHmac("sha256", SECRET).update(head).digest("base64url")}`;
 }
@@ -472,4 +472,84 @@ test("presence: without the right, or in a room without presence, members stay e
   await assert.rejects(elsewhere.presence(), (e) => e.code === "bad_request");
   await assert.rejects(seer.presence("not a room"), (e) => e.code === "invalid_room");
   assert.deepEqual([...plain.errors, ...seer.errors], [], "the automatic who fails quietly");
+});
+
+// --- the HTTP stream transport (PROTOCOL.md section 11), pinned: node's own fetch(), no WebSocket ---
+
+function streamClient(options = {}) {
+  const c = client({ transports: ["stream"], WebSocket: undefined, ...options });
+  c.connections = [];
+  c.on("state", (state, info) => state === "connected" && c.connections.push(info));
+  return c;
+}
+
+test("stream: join, publish with an id (stored once), history, presence, all over POST and server-sent events", TIMEOUT, async () => {
+  const c = streamClient({ token: mint({ presence: [">"], info: { name: "Alice" } }) });
+  const room = c.join(`live.presence.${randomUUID().slice(0, 8)}`);
+  await room.ready();
+  assert.equal(c.transport, "stream");
+  assert.equal(c.connections[0].transport, "stream");
+  assert.ok(c.features.includes("stream"), `features: ${c.features}`);
+  const own = messages(room, 2);
+  const a = await room.publish({ text: "one" }, { id: "stream-1" });
+  assert.deepEqual(await room.publish({ text: "one" }, { id: "stream-1" }), { seq: a.seq, duplicate: true });
+  const b = await room.publish({ text: "two" });
+  const got = await own;
+  assert.deepEqual(got.map((m) => [m.seq, m.data.text, m.from]), [
+    [a.seq, "one", "alice"],
+    [b.seq, "two", "alice"],
+  ]);
+  assert.equal(got[0].id, "stream-1");
+  const page = await room.history({ limit: 10 });
+  assert.deepEqual(page.messages.map((m) => m.seq), [a.seq, b.seq]);
+  assert.equal(page.more, false);
+  const who = await room.presence();
+  assert.deepEqual(who.members.map((m) => [m.sub, m.info?.name]), [["alice", "Alice"]]);
+  // Many at once: posted in batches, one post at a time, every one acked and delivered once, in order.
+  const burst = messages(room, 60);
+  const acks = await Promise.all(Array.from({ length: 60 }, (_, n) => room.publish({ n })));
+  const delivered = await burst;
+  assert.deepEqual(delivered.map((m) => m.seq), acks.map((x) => x.seq).sort((x, y) => x - y));
+  assert.deepEqual(delivered.map((m) => m.data.n).sort((x, y) => x - y), Array.from({ length: 60 }, (_, n) => n));
+  assert.deepEqual(c.errors, []);
+});
+
+test("stream: replay with since across a reconnect, after disconnect() and after the edge ends the session", TIMEOUT, async () => {
+  const c = streamClient();
+  const room = c.join(roomName("stream-resume"));
+  await room.ready();
+  const own = messages(room, 1);
+  const first = await room.publish({ n: 0 });
+  await own;
+
+  // disconnect() and connect(): a new stream, its opening request joining with since.
+  c.disconnect();
+  await reach(c, "disconnected");
+  const sent = [];
+  for (let n = 1; n <= 3; n++) sent.push(await httpPublish(room.name, { n }));
+  const replay = messages(room, 3);
+  c.connect();
+  assert.deepEqual((await replay).map((m) => m.seq), sent);
+  assert.equal(room.recovered, true);
+
+  // The operator closes the session (4000): its close event ends the stream, the client backs off and resumes.
+  const session = c.session;
+  const lost = new Promise((resolve) => c.on("state", (s, info) => s === "reconnecting" && resolve(info)));
+  const response = await fetch(`${URL_HTTP}/v1/subjects/alice/disconnect`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${mint({ sub: "ops", admin: true })}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ code: 4000, reason: "test" }),
+  });
+  assert.equal(response.status, 200, await response.text());
+  assert.equal((await lost).code, 4000);
+  const missed = [];
+  for (let n = 4; n <= 6; n++) missed.push(await httpPublish(room.name, { n }));
+  const again = messages(room, 3);
+  await reach(c, "connected", 15000);
+  assert.notEqual(c.session, session);
+  assert.deepEqual((await again).map((m) => m.seq), missed);
+  assert.equal(room.recovered, true);
+  assert.equal(room.seq, missed.at(-1));
+  assert.ok(room.seq > first.seq);
+  assert.deepEqual(c.errors, []);
 });

@@ -24,6 +24,8 @@ import Default, {
   type PresenceEvent,
   type PresenceMember,
   type PresenceUser,
+  type Transport,
+  type FetchLike,
 } from "../../../clients/js/jetsock.js";
 
 interface Chat {
@@ -57,10 +59,24 @@ async function uses(): Promise<void> {
   new Jetsock("ws://localhost/ws", { networkEvents: window, visibilityEvents: document, persist: sessionStorage });
   new Jetsock("ws://localhost/ws", { token: () => "sync", networkEvents: null, autoConnect: true });
 
+  // Transports: the default order, pinned, the stream's URL and fetch.
+  new Jetsock("wss://example.com/ws", { transports: ["websocket", "stream"] });
+  new Jetsock("wss://example.com/ws", { transports: ["stream"], streamUrl: "https://example.com/v1/stream" });
+  const pinned: readonly Transport[] = ["websocket"] as const;
+  new Jetsock("wss://example.com/ws", { transports: pinned, streamUrl: new URL("https://example.com/v1/stream") });
+  const viaFetch: FetchLike = (url, init) => fetch(url, init);
+  new Jetsock("ws://localhost/ws", { transports: ["stream"], fetch: viaFetch });
+  new Jetsock("ws://localhost/ws", { fetch });
+  // @ts-expect-error: not a transport
+  new Jetsock("ws://localhost/ws", { transports: ["polling"] });
+  const now: Transport | null = client.transport;
+
   // Client state: narrowing on the state narrows its info.
   const offState: () => void = client.on("state", (state, info) => {
     if (state === "connected") {
       const session: string | null = info.session;
+      const via: Transport = info.transport;
+      const streamed: boolean = info.transport === "stream";
     } else if (state === "reconnecting") {
       const delay: number | null = info.delayMs;
       const attempt: number = info.attempt;
