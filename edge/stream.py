@@ -40,7 +40,6 @@ from aiohttp import HttpVersion11, web
 
 from core.auth import AuthError
 from core.streamroute import ACCEPTED, BUSY, FORBIDDEN, GONE, StreamRouter
-from edge.admission import source_of
 from edge.connection import Connection
 from edge.framing import END_OF_BODY, STREAM_EVENTS, Framing, sse_event
 from edge.http_api import BodyError, problem, read_body
@@ -48,7 +47,7 @@ from edge.node import Node
 from edge.origin import origin_allowed
 from edge.session import NODE_KEY, authenticate, receive_text
 from edge.state import State
-from edge.transport import socket_drained
+from edge.transport import SocketTransport
 from edge.ws import _refusal, _token_in_query
 from schemas import Disconnect, ErrorCode
 
@@ -61,38 +60,18 @@ STREAM_HEADERS = {
 }
 
 
-class StreamTransport:
+class StreamTransport(SocketTransport):
     """One streaming response's socket, as the session's transport (edge/transport.py)."""
 
-    __slots__ = ("_deadline", "socket")
+    __slots__ = ()
     framing: Framing = STREAM_EVENTS
-
-    def __init__(self, socket: asyncio.Transport) -> None:
-        self.socket = socket
-        self._deadline: asyncio.TimerHandle | None = None
-
-    @property
-    def source(self) -> str:
-        return source_of(self.socket)
 
     def send_close(self, disconnect: Disconnect, timeout: float) -> None:
         """The `close` event and the end of the body; the socket closes once they are flushed
         (a client that does not read them is dropped at the deadline)."""
-        socket = self.socket
-        if self._deadline is not None or socket.is_closing():
-            return
         event = json.dumps({"type": "close", "code": int(disconnect.code), "reason": disconnect.reason})
-        socket.write(sse_event(event.encode()) + END_OF_BODY)
-        socket.close()
-        self._deadline = asyncio.get_running_loop().call_later(timeout, socket.abort)
-
-    def gone(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    async def drained(self, level: int, timeout: float) -> bool:
-        return await socket_drained(self.socket, level, timeout)
+        if self._write_last(sse_event(event.encode()) + END_OF_BODY, timeout):
+            self.socket.close()
 
 
 class EventStreamResponse(web.StreamResponse):

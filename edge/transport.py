@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from edge.admission import source_of
 from edge.framing import Framing
 from schemas import Disconnect
 
@@ -74,3 +75,37 @@ async def socket_drained(socket: asyncio.Transport, level: int, timeout: float) 
     except (TimeoutError, ConnectionError):
         return False
     return not socket.is_closing()
+
+
+class SocketTransport:
+    """What both adapters' transports share: the socket, its peer's address, the deadline armed
+    by the one close write, and the drain wait."""
+
+    __slots__ = ("_deadline", "socket")
+
+    def __init__(self, socket: asyncio.Transport) -> None:
+        self.socket = socket
+        self._deadline: asyncio.TimerHandle | None = None
+        """Set once the close is written: drops the socket when the peer is late to end it."""
+
+    @property
+    def source(self) -> str:
+        """Read from the socket when asked (rarely): not a field every idle connection pays for."""
+        return source_of(self.socket)
+
+    def _write_last(self, data: bytes, timeout: float) -> bool:
+        """Write the closing bytes once and arm the deadline; False when already closed or closing."""
+        if self._deadline is not None or self.socket.is_closing():
+            return False
+        self.socket.write(data)
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self.socket.abort)
+        return True
+
+    def gone(self) -> None:
+        """The socket is gone: the deadline has nothing left to do."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    async def drained(self, level: int, timeout: float) -> bool:
+        return await socket_drained(self.socket, level, timeout)

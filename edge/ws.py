@@ -45,7 +45,6 @@ from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.http_websocket import WebSocketError
 from aiohttp.streams import EofStream
 
-from edge.admission import source_of
 from edge.connection import Connection
 from edge.deflate import ACCEPTED, accepts
 from edge.framing import WEBSOCKET_TEXT, Framing
@@ -54,7 +53,7 @@ from edge.node import Node
 from edge.origin import origin_allowed
 from edge.session import NODE_KEY, auth_timed_out, authenticate, authenticate_frame, receive_text
 from edge.state import State
-from edge.transport import socket_drained
+from edge.transport import SocketTransport
 from edge.wsframe import close_frame, pong_frame
 from schemas import CloseCode, Disconnect, Disconnects, FramingCloseCode
 
@@ -95,32 +94,22 @@ def _offered_bearer(request: web.Request) -> str | None:
     return None
 
 
-class WebSocketTransport:
+class WebSocketTransport(SocketTransport):
     """One WebSocket's socket, as the session's transport (edge/transport.py)."""
 
-    __slots__ = ("_deadline", "framing", "socket")
+    __slots__ = ("framing",)
 
     def __init__(self, socket: asyncio.Transport, framing: Framing = WEBSOCKET_TEXT) -> None:
-        self.socket = socket
+        super().__init__(socket)
         self.framing = framing
         """Plain text frames, or the node's permessage-deflate framing when it was negotiated."""
-        self._deadline: asyncio.TimerHandle | None = None
-        """Set once the close frame is written: drops the socket when the closing handshake is late."""
-
-    @property
-    def source(self) -> str:
-        """Read from the socket when asked (rarely): not a field every idle connection pays for."""
-        return source_of(self.socket)
 
     def send_close(self, disconnect: Disconnect, timeout: float) -> None:
         self.write_close(int(disconnect.code), disconnect.reason, timeout)
 
     def write_close(self, code: int, reason: str, timeout: float) -> None:
         """The one close frame, then the deadline of the closing handshake."""
-        if self._deadline is not None or self.socket.is_closing():
-            return
-        self.socket.write(close_frame(code, reason))
-        self._deadline = asyncio.get_running_loop().call_later(timeout, self.socket.abort)
+        self._write_last(close_frame(code, reason), timeout)
 
     def end(self) -> None:
         """Close the socket once what is buffered is flushed (the deadline still drops a stuck one)."""
@@ -135,15 +124,6 @@ class WebSocketTransport:
             socket.write_eof()
         else:
             socket.close()
-
-    def gone(self) -> None:
-        """The socket is gone: the deadline has nothing left to do."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    async def drained(self, level: int, timeout: float) -> bool:
-        return await socket_drained(self.socket, level, timeout)
 
 
 class StatelessInflateReader(reader_py.WebSocketReader):
