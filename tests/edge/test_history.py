@@ -151,7 +151,9 @@ async def test_join_with_last_replays_exactly_the_newest_then_live(
     assert [(m["seq"], m["data"]) for m in got] == [(s.seq, s.data) for s in stored[-50:]]
     assert all(m["room"] == "hist.last" for m in got)
     live = (await backend.jetstream().publish("rooms.hist.last", b'"live"')).seq
-    assert [(f["type"], f.get("seq")) for f in await before_pong(client)] == [("msg", live)]
+    # The publish ack does not wait for the edge's delivery: wait for the live message, then fence.
+    assert [(m["seq"], m["data"]) for m in await msgs_until(client, live)] == [(live, "live")]
+    assert await before_pong(client) == []
     await client.close()
 
 
@@ -167,7 +169,8 @@ async def test_last_beyond_the_room_replays_all_of_it_and_an_empty_room_nothing(
     assert (joined["replayed"], joined["seq"], joined["recovered"]) == (0, 0, False)
     assert await before_pong(client) == []
     first = (await backend.jetstream().publish("rooms.hist.none", b"1")).seq
-    assert [f["seq"] for f in await before_pong(client)] == [first]
+    assert [m["seq"] for m in await msgs_until(client, first)] == [first]
+    assert await before_pong(client) == []
     await client.close()
 
 
