@@ -1,7 +1,8 @@
 // The browser client's size budget: clients/js/jetsock.js bundled and minified by esbuild
 // (ESM with code splitting, as an app's bundler would ship it), gzipped at level 9: the main
-// chunk must stay under 6 kB. The HTTP stream transport (jetsock-stream.js) is a chunk of its
-// own, loaded by a dynamic import() only when a client falls back to it; it has a budget too.
+// chunk's budget is 6,000 bytes, and it must stay under that. The HTTP stream transport
+// (jetsock-stream.js) is a chunk of its own, loaded by a dynamic import() only when a client
+// falls back to it; it has a budget too.
 // Needs the dev dependencies: `cd clients/js && npm ci` (make test runs it).
 
 import { test } from "node:test";
@@ -12,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 
 const JS_DIR = fileURLToPath(new URL("../../clients/js/", import.meta.url));
-const LIMIT = 6144;
+const LIMIT = 6000;
 const STREAM_LIMIT = 3072;
 
 test(`jetsock.js minified and gzipped is under ${LIMIT} bytes, its stream chunk under ${STREAM_LIMIT}`, async (t) => {
