@@ -4,9 +4,13 @@ Every node subscribes to `jetsock.presence.>` once and keeps the cluster's view
 (core/presence.py). A node incarnation (its name plus a random part, new at every
 start) numbers what it sends, and sends:
 
-- `jetsock.presence.delta`: one per change of one `sub`'s connection count in one room
-  on this node: `{"n": incarnation, "q": seq, "r": room, "s": sub, "c": count, "i": info}`.
-  Nothing is sent per member: a change costs one message, received by every node.
+- `jetsock.presence.delta`: the changes of `sub`s' connection counts in rooms on this
+  node, each numbered: `{"n": incarnation, "b": [{"q": seq, "r": room, "s": sub, "c": count,
+  "i": info}, ...]}`. The sender gathers the changes of DELTA_WINDOW seconds (up to about
+  PART_BYTES) into one message: under churn one NATS message, and one decode on every other
+  node, carries dozens of changes instead of one each. Nothing is sent per member. A
+  single change in the form of version 1.1.0 (`{"n", "q", "r", "s", "c", "i"}`) is still
+  applied, so a node of that version can take part in a rolling upgrade.
 - `jetsock.presence.beat`, every `ttl / 3`: `{"n", "q", "d": {room: digest}}`, the
   digest of its members per room. A receiver whose own digest of that node differs
   (it missed deltas: a NATS reconnect, a late start) asks for a snapshot; a node not
@@ -63,6 +67,9 @@ REPLY = PREFIX + "reply."
 PART_BYTES = 128 * 1024
 """About the most bytes of one beat or snapshot message (NATS refuses more than its
 max_payload, 1 MiB by default): more go in parts `k` of `of`, one after the other."""
+DELTA_WINDOW = 0.02
+"""How long the sender waits after a change for more to send with it: well under what a
+person notices, and presence events are coalesced over `presence_interval` anyway."""
 MAX_ASKED_ROOMS = 1000
 """A snapshot request for more rooms asks for all of the node's rooms instead."""
 
@@ -146,10 +153,10 @@ class PresenceBus:
         """This node now holds `connections` of `sub` joined in `room`."""
         changes = self.view.set(self.incarnation, room, sub, connections, info, time.monotonic())
         self._seq += 1
-        body: dict[str, Any] = {"n": self.incarnation, "q": self._seq, "r": room, "s": sub, "c": connections}
+        entry: dict[str, Any] = {"q": self._seq, "r": room, "s": sub, "c": connections}
         if info is not None and connections > 0:
-            body["i"] = msgspec.Raw(info)
-        self._queue(DELTA, body)
+            entry["i"] = msgspec.Raw(info)
+        self._queue(DELTA, entry)  # An entry of a batch: _send_loop adds the "n".
         if changes:
             self._on_changes(changes)
 
@@ -167,7 +174,16 @@ class PresenceBus:
             return
         now = time.monotonic()
         if subject == DELTA:
-            self._on_delta(sender, body, now)
+            entries = body.get("b")
+            if isinstance(entries, list):
+                changes: list[Change] = []
+                for entry in entries:
+                    if isinstance(entry, dict):
+                        changes += self._on_delta(sender, entry, now)
+            else:
+                changes = self._on_delta(sender, body, now)  # One change, as version 1.1.0 sent it.
+            if changes:
+                self._on_changes(changes)
         elif subject == BEAT:
             self._on_beat(sender, body, now)
         elif subject == HELLO:
@@ -186,20 +202,20 @@ class PresenceBus:
         elif subject == REPLY + self.incarnation:
             self._on_snapshot(sender, body, now)
 
-    def _on_delta(self, sender: str, body: dict[str, Any], now: float) -> None:
-        seq, room, sub, count = body.get("q"), body.get("r"), body.get("s"), body.get("c")
+    def _on_delta(self, sender: str, entry: dict[str, Any], now: float) -> list[Change]:
+        """Apply one change of `sender`'s; what it changes in the cluster's view."""
+        seq, room, sub, count = entry.get("q"), entry.get("r"), entry.get("s"), entry.get("c")
         if not (_is_int(seq) and isinstance(room, str) and isinstance(sub, str) and _is_int(count)):
-            return
+            return []
         last = self._last.get(sender, 0)
         if seq <= last:
-            return  # Older than a snapshot already applied.
+            return []  # Older than a snapshot already applied.
         self._last[sender] = seq
-        info = body.get("i")
+        info = entry.get("i")
         changes = self.view.set(sender, room, sub, max(0, count), _info_bytes(info), now)
         if seq != last + 1 and last != 0:
             self._ask_snapshot(sender, self.view.node_rooms(sender), now)
-        if changes:
-            self._on_changes(changes)
+        return changes
 
     def _on_beat(self, sender: str, body: dict[str, Any], now: float) -> None:
         self.view.heard(sender, now)
@@ -360,19 +376,43 @@ class PresenceBus:
         self._outgoing.put_nowait((subject, _encode(body)))
 
     async def _send_loop(self) -> None:
+        queue = self._outgoing
+        # What a batch took from the queue but not into itself: it is sent next.
+        held: list[tuple[str, bytes] | None] = []
         while True:
-            item = await self._outgoing.get()
+            item = held.pop() if held else await queue.get()
             if item is None:
                 return
             subject, payload = item
-            nc = self._nc
-            if nc is None or not nc.is_connected:
-                continue  # Lost: the beats repair what others missed.
-            try:
-                await nc.publish(subject, payload)
-                self.sent += 1
-            except Exception as exc:  # A disconnect: the next beat and hello repair it.
-                log.debug("presence publish failed: %s", exc)
+            if subject == DELTA:
+                # Gather the changes of the next DELTA_WINDOW into this message, in order:
+                # the first other message (a beat, a bye, the stop) ends the batch.
+                await asyncio.sleep(DELTA_WINDOW)
+                entries, size = [payload], len(payload)
+                while size < PART_BYTES and not queue.empty():
+                    following = queue.get_nowait()
+                    if following is None or following[0] != DELTA:
+                        held.append(following)
+                        break
+                    entries.append(following[1])
+                    size += len(following[1])
+                payload = delta_message(self.incarnation, entries)
+            await self._publish(subject, payload)
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return  # Lost: the beats repair what others missed.
+        try:
+            await nc.publish(subject, payload)
+            self.sent += 1
+        except Exception as exc:  # A disconnect: the next beat and hello repair it.
+            log.debug("presence publish failed: %s", exc)
+
+
+def delta_message(incarnation: str, entries: list[bytes]) -> bytes:
+    """One `delta` message from encoded entries, spliced (they are not decoded again)."""
+    return b'{"n":' + _encode(incarnation) + b',"b":[' + b",".join(entries) + b"]}"
 
 
 class _Beat:

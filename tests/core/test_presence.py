@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.presence import Change, ClusterPresence, Info, digest
-from core.presencebus import BEAT, BYE, DELTA, HELLO, REPLY, SNAPSHOT, PresenceBus
+from core.presencebus import BEAT, BYE, DELTA, DELTA_WINDOW, HELLO, PART_BYTES, REPLY, SNAPSHOT, PresenceBus, delta_message
 
 TTL = 10.0
 NODES = ["n1", "n2", "n3"]
@@ -350,7 +350,8 @@ def test_hello_is_answered_with_a_beat_and_a_snapshot_request_with_our_members()
     b.bus.local("r", "bob", 1, None)
     sent = b.sent()
     assert [s for s, _ in sent] == [DELTA, DELTA]
-    assert sent[0][1] == {"n": b.bus.incarnation, "q": 1, "r": "r", "s": "ann", "c": 2, "i": {"name": "Ann"}}
+    # Entries of a batch: the send loop wraps them in {"n": incarnation, "b": [...]}.
+    assert sent[0][1] == {"q": 1, "r": "r", "s": "ann", "c": 2, "i": {"name": "Ann"}}
     b.receive(HELLO, n="y.1")
     (subject, beat), *rest = b.sent()
     assert subject == BEAT and not rest
@@ -423,8 +424,66 @@ async def test_stop_sends_what_was_queued_then_bye() -> None:
     bus.local("r", "ann", 0, None)
     await bus.stop()
     subjects = [s for s, _ in sent]
-    assert subjects == [DELTA, DELTA, BYE], subjects
+    assert subjects == [DELTA, BYE], subjects  # The two changes went in one message.
+    assert msgspec.json.decode(sent[0][1]) == {
+        "n": bus.incarnation,
+        "b": [{"q": 1, "r": "r", "s": "ann", "c": 1}, {"q": 2, "r": "r", "s": "ann", "c": 0}],
+    }
     assert msgspec.json.decode(sent[-1][1]) == {"n": bus.incarnation}
+
+
+async def test_changes_are_sent_in_batches_that_keep_their_order_around_other_messages() -> None:
+    """Changes queued within DELTA_WINDOW share one message; a beat queued between them ends
+    the batch and goes out between the two batches, as it was queued; a batch stops near
+    PART_BYTES."""
+    sent: list[tuple[str, Any]] = []
+
+    class FakeNats:
+        is_connected = True
+
+        async def publish(self, subject: str, payload: bytes) -> None:
+            sent.append((subject, msgspec.json.decode(payload)))
+
+    bus = PresenceBus("me", 3.0, lambda changes: None)
+    bus._nc = FakeNats()  # type: ignore[assignment]
+    task = asyncio.get_running_loop().create_task(bus._send_loop())
+    for n in range(5):
+        bus.local("r", f"u{n}", 1, None)
+    bus._send_beat()
+    bus.local("r", "late", 1, None)
+    big = b'{"bio":"' + b"x" * 900 + b'"}'
+    for n in range(400):  # about 370 KB of changes: three messages
+        bus.local("big", f"b{n}", 1, big)
+    await asyncio.sleep(DELTA_WINDOW * 6)
+    task.cancel()
+    kinds = [(s, [e["q"] for e in body["b"]] if s == DELTA else None) for s, body in sent]
+    assert kinds[:3] == [(DELTA, [1, 2, 3, 4, 5]), (BEAT, None), (DELTA, kinds[2][1])]
+    assert kinds[2][1][0] == 6
+    qs = [q for s, batch in kinds if s == DELTA and batch for q in batch]
+    assert qs == list(range(1, 407)), "every change once, in order"
+    assert len(kinds) == 2 + 3 and all(len(msgspec.json.encode(b)) < 2 * PART_BYTES for _, b in sent)
+
+
+def test_a_batch_is_applied_entry_by_entry_with_one_callback() -> None:
+    """Every entry of a batch applies like a single delta (order, gaps, bad entries skipped),
+    and the changes reach the callback together."""
+    b = Bus()
+    calls: list[list[Change]] = []
+    b.bus._on_changes = calls.append
+    entries: list[Any] = [
+        {"q": 1, "r": "r", "s": "ann", "c": 1},
+        {"q": 2, "r": "r", "s": "bob", "c": 1, "i": {"name": "Bob"}},
+        "not an entry",
+        {"q": "3", "r": "r", "s": "eve", "c": 1},
+        {"q": 3, "r": "r", "s": "ann", "c": 0},
+    ]
+    b.receive(DELTA, n="x.1", b=entries)
+    assert b.who() == {"bob": 1}
+    assert len(calls) == 1 and [(c.sub, c.joined) for c in calls[0]] == [("ann", True), ("bob", True), ("ann", False)]
+    assert b.asked() == []
+    b.receive(DELTA, n="x.1", b=[{"q": 2, "r": "r", "s": "old", "c": 1}, {"q": 9, "r": "r2", "s": "cy", "c": 1}])
+    assert b.who() == {"bob": 1} and b.who("r2") == {"cy": 1}  # 2 is old news; 9 skips 4-8
+    assert len(b.asked()) == 1
 
 
 class Link:
@@ -477,6 +536,8 @@ def pump(source: PresenceBus, target: PresenceBus, drop: Any = None) -> list[tup
         item = queue.get_nowait()
         assert item is not None
         subject, payload = item
+        if subject == DELTA:  # An entry: wrapped as the send loop does
+            payload = delta_message(source.incarnation, [payload])
         body = json.loads(payload)
         sent.append((subject, body))
         if drop is None or not drop(subject, body):
