@@ -1228,7 +1228,9 @@ async def test_presence_without_the_right_or_in_a_room_without_presence(make_edg
 
 
 async def test_room_members_from_who_answers_and_presence_events() -> None:
-    from jetsock.frames import LeftEntry, MemberEntry, Members, Presence
+    from jetsock.wire import Members, Presence
+    from jetsock.wire import PresenceLeft as LeftEntry
+    from jetsock.wire import PresenceMember as MemberEntry
 
     room = jetsock.Room(cast(Any, None), "chat.r", None, None, None)
     events: list[jetsock.PresenceEvent] = []

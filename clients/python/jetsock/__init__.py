@@ -62,6 +62,9 @@ from jetsock.room import (
 from jetsock.rules import ErrorCode
 from jetsock.state import State, StateInfo, StateListener
 
+__version__ = "0.1.0"
+"""The repository's version (its root pyproject.toml), written by `python -m schemas.clientgen --write`."""
+
 __all__ = [
     "Ack",
     "AlreadyJoined",

@@ -46,9 +46,6 @@ from jetsock.errors import (
     RoomLeft,
     ServerError,
 )
-from jetsock.frames import Incoming as ServerFrame
-from jetsock.frames import Members
-from jetsock.frames import Presence as PresenceFrame
 from jetsock.link import Disconnected, Link, Outcome, Transport, WebSocketLink
 from jetsock.policy import RETRYABLE_ERRORS, Backoff, room_name_error
 from jetsock.reconnect import BadToken, Tokens, TokenSource, logged_out, reconnect_forever
@@ -56,8 +53,8 @@ from jetsock.room import Ack, HistoryPage, Presence, ResetCallback, Room, messag
 from jetsock.state import State, StateInfo, StateListener, States
 from jetsock.stream import StreamLink
 from jetsock.stream import stream_url as stream_url_beside
-from schemas import Ack as AckFrame
-from schemas import (
+from jetsock.wire import Ack as AckFrame
+from jetsock.wire import (
     ClientFrame,
     Error,
     Expiring,
@@ -66,21 +63,24 @@ from schemas import (
     Joined,
     Leave,
     Left,
+    Members,
     Msg,
     Pong,
     Publish,
     Refresh,
     Refreshed,
     Reset,
+    ServerFrame,
     Welcome,
     Who,
 )
-from schemas import HistoryPage as HistoryFrame
+from jetsock.wire import HistoryPage as HistoryFrame
+from jetsock.wire import Presence as PresenceFrame
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 256
-"""Longest publish `id` the server accepts (schemas.frames.Publish)."""
+"""Longest publish `id` the server accepts (`max_length` of `jetsock.wire.Publish.id`)."""
 
 TRANSPORTS: tuple[Transport, ...] = ("websocket", "stream")
 """The default transports, in order (option `transports`)."""
@@ -787,7 +787,7 @@ class Client:
 
     def _on_error(self, link: Link, frame: Error) -> None:
         ref = frame.ref
-        code: rules.ServerErrorCode = frame.code.value
+        code: rules.ServerErrorCode = frame.code
         if not isinstance(ref, int):
             log.warning("server error without a request: %s: %s", code, frame.message)
             return

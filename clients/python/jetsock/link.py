@@ -21,9 +21,8 @@ import aiohttp
 import msgspec
 
 from jetsock.errors import JetsockError
-from jetsock.frames import Incoming as ServerFrame
 from jetsock.rules import BEARER_PREFIX, SUBPROTOCOL
-from schemas import ClientFrame, Ping, Welcome
+from jetsock.wire import ClientFrame, Ping, ServerFrame, Welcome
 
 if TYPE_CHECKING:
     from jetsock.room import Room

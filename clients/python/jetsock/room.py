@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import msgspec
 
 from jetsock.errors import JetsockError, RequestTimeout, RoomLeft, ServerError
-from jetsock.frames import MemberEntry, Members
-from jetsock.frames import Presence as PresenceFrame
 from jetsock.state import Listeners
-from schemas import Joined, Msg, Reset
+from jetsock.wire import Joined, Members, Msg, Reset
+from jetsock.wire import Presence as PresenceFrame
+from jetsock.wire import PresenceMember as MemberEntry
 
 if TYPE_CHECKING:
     from jetsock.client import Client

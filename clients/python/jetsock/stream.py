@@ -34,7 +34,7 @@ import aiohttp
 import msgspec
 
 from jetsock.link import FrameCallback, Link, Outcome, Transport, WelcomeCallback, decode_frame
-from schemas import Welcome
+from jetsock.wire import Welcome
 
 log = logging.getLogger(__name__)
 
