@@ -17,26 +17,24 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/jetsock
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && /opt/jetsock/bin/pip install -r /tmp/requirements.txt
 COPY core core
 COPY edge edge
 COPY schemas schemas
-COPY clients/python clients/python
+COPY deploy/launcher deploy/launcher
 # Only what the edge serves: the module, its stream transport and its types (not the package's dev tools).
 COPY clients/js/jetsock.js clients/js/jetsock-stream.js clients/js/jetsock.d.ts clients/js/
-# A regular (not editable) install from a wheel. edge/pages.py serves the
-# browser client from Path(edge.__file__).parents[1] / "clients" / "js", which
-# for an installed package is site-packages/clients/js: the JS files are put
-# exactly there, next to the installed `edge` package.
+# A regular (not editable) install from a wheel, as `pip install` does it: one top-level
+# package, jetsock_server, holding core, edge, schemas and the browser client the edge
+# serves (pyproject.toml, deploy/launcher/__init__.py). The check fails the build if the
+# wheel left the browser client out.
 RUN /opt/jetsock/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/jetsock/bin/pip install --no-deps /wheels/*.whl \
-    && site="$(/opt/jetsock/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-    && mkdir -p "$site/clients" \
-    && cp -r clients/js "$site/clients/js" \
-    && /opt/jetsock/bin/python -c "import edge.pages as p; assert (p.CLIENT_JS / 'jetsock.js').is_file() and (p.CLIENT_JS / 'jetsock-stream.js').is_file(), p.CLIENT_JS"
+    && /opt/jetsock/bin/python -c "import jetsock_server, sys; root = jetsock_server.code_root(); \
+sys.exit(not all((root / 'clients/js' / f).is_file() for f in ('jetsock.js', 'jetsock-stream.js', 'jetsock.d.ts')))"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 jetsock \

@@ -2,21 +2,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two install levels in one venv: `make run` needs the server and its runtime dependencies
+# only; tests, lint, packaging checks and benchmarks add their tools and the Python client.
+RUNTIME := $(VENV)/.installed-runtime
+STAMP := $(VENV)/.installed-dev
 
 .PHONY: run cluster test test-latest system-deps bench bench-quick bench-deps lint schema settings-doc clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(RUNTIME): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e .
+	touch $@
 
-run: $(STAMP)
+$(STAMP): $(RUNTIME) pyproject.toml clients/python/pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]' -e ./clients/python
+	touch $@
+
+run: $(RUNTIME)
 	exec $(BIN)/jetsock serve --dev
 
 # The compose topology as local processes: 3 clustered nats-servers, 2 edges, HAProxy on :8080.
-cluster: $(STAMP) system-deps
+cluster: $(RUNTIME) system-deps
 	exec $(BIN)/jetsock cluster
 
 # The JS client's development tools (TypeScript for the type tests, esbuild for the bundle
@@ -27,7 +34,7 @@ $(JS_DEPS): clients/js/package.json clients/js/package-lock.json | system-deps
 	touch $@
 
 test: $(STAMP) system-deps $(JS_DEPS)
-	$(BIN)/ruff check core edge schemas clients/python tests bench
+	$(BIN)/ruff check core edge schemas deploy/launcher clients/python tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m schemas.clientgen --check
 	clients/js/node_modules/.bin/tsc -p tests/js/types
@@ -45,7 +52,7 @@ GUARDS := tests/core/test_feed.py tests/core/test_natsconn.py tests/core/test_na
 test-latest: $(STAMP)
 	test -d $(LATEST) || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
-	$(LATEST)/bin/pip install --quiet -e . pytest pytest-asyncio pytest-timeout hypothesis
+	$(LATEST)/bin/pip install --quiet -e . -e ./clients/python pytest pytest-asyncio pytest-timeout hypothesis
 	$(LATEST)/bin/pip install --quiet --upgrade aiohttp nats-py 2>&1 | grep -v "which is incompatible" || true
 	$(LATEST)/bin/python -c "import aiohttp, importlib.metadata as m; print('newest releases: aiohttp', aiohttp.__version__, '/ nats-py', m.version('nats-py'))"
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(GUARDS)
@@ -91,8 +98,8 @@ bench-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check core edge schemas clients/python tests bench
-	$(BIN)/ruff format --check core edge schemas clients/python tests bench
+	$(BIN)/ruff check core edge schemas deploy/launcher clients/python tests bench
+	$(BIN)/ruff format --check core edge schemas deploy/launcher clients/python tests bench
 	$(BIN)/mypy
 
 schema: $(STAMP)

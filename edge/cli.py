@@ -23,7 +23,7 @@ from core.natsauth import edge_only_server
 from core.settings import Settings, add_flags, load_settings
 from core.stream import StreamMismatch
 from edge.app import serve
-from edge.localcluster import LocalCluster
+from edge.localcluster import HAPROXY_CFG, LocalCluster
 from edge.origin import check_entries
 from edge.workers import raise_fd_limit, supervise, worker_index
 
@@ -179,6 +179,14 @@ def _cluster(argv: list[str]) -> int:
     parser.add_argument("--edges", type=int, default=2, help="edge nodes behind HAProxy")
     parser.add_argument("--dir", default=".data/cluster", help="where the NATS stores and logs go")
     args = parser.parse_args(argv)
+    if not HAPROXY_CFG.is_file():
+        # An installed wheel carries the server, not the repository's deploy/ configurations.
+        print(
+            "jetsock cluster runs from a checkout of the repository (it uses deploy/haproxy.cfg and "
+            "deploy/nats-server.conf); for an installed jetsock use compose.yaml or the Helm chart",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Like dev mode: a key of this run's own unless one is given, printed below.
     given = os.environ.get("JETSOCK_JWT_SECRET", "")

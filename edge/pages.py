@@ -26,7 +26,8 @@ from edge.session import NODE_KEY
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_JS = Path(__file__).parents[1] / "clients" / "js"
-"""The browser client's source; the edge serves it as is (no build step)."""
+"""The browser client's source; the edge serves it as is (no build step). The repository's
+clients/js, or in an installed wheel jetsock_server/clients/js beside jetsock_server/edge."""
 
 DEV_TOKEN_MAX_TTL = 7 * 86400
 DEV_TOKEN_TTL = 3600
