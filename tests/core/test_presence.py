@@ -14,7 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.presence import Change, ClusterPresence, Info, digest
-from core.presencebus import BEAT, BYE, DELTA, DELTA_WINDOW, HELLO, PART_BYTES, REPLY, SNAPSHOT, PresenceBus, delta_message
+from core.presencebus import (
+    BEAT,
+    BYE,
+    DELTA,
+    DELTA_WINDOW,
+    HELLO,
+    PART_BYTES,
+    REPLY,
+    SNAPSHOT,
+    PresenceBus,
+    delta_message,
+)
 
 TTL = 10.0
 NODES = ["n1", "n2", "n3"]
