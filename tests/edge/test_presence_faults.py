@@ -232,7 +232,9 @@ async def test_workers_on_the_embedded_nats_share_presence(tmp_path: Path) -> No
                 clients.append(await connect(serve.url, f"u{len(clients)}", tok(f"u{len(clients)}")))
         for client in clients:
             assert (await client.request(type="join", room=ROOM))["type"] == "joined"
-        everyone = [f"u{i}" for i in range(len(clients))]
+        # Sorted as the edge sorts subs (as strings): u10 comes before u2 when the second worker
+        # was slow to start and the first took more than ten of the connections.
+        everyone = sorted(f"u{i}" for i in range(len(clients)))
 
         async def all_agree() -> bool:
             for client in clients:
