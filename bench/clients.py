@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from bench import hist, payloads
+from bench.streamwire import StreamProtocol, open_request
 from bench.wire import WsProtocol, handshake
 from jetsock.policy import Backoff, Reconnect, decide, reconnect_delay
 
@@ -116,6 +117,10 @@ class Stats:
         """`history` pages asked and answered (the history scenario)."""
         self.presence = PresenceStats()
         """`presence` events and `who` replies (the presence scenario)."""
+        self.posts = 0
+        """Posts to stream sessions answered 2xx (their failures count in `errors`, by outcome)."""
+        self.post_histogram: dict[int, int] = {}
+        """Their round trips, request written to answer read."""
         self.closes: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.expected: dict[str, int] = {}
@@ -151,6 +156,8 @@ class Stats:
         self.wire_bytes = 0
         self.acks = 0
         self.histogram = {}
+        self.posts = 0
+        self.post_histogram = {}
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -165,6 +172,8 @@ class Stats:
             "duplicates": self.duplicates,
             "duplicate_samples": self.duplicate_samples,
             "histogram": self.histogram,
+            "posts": self.posts,
+            "post_histogram": self.post_histogram,
             "closes": dict(self.closes),
             "errors": dict(self.errors),
             "caught_up_at": self.caught_up_at,
@@ -323,7 +332,7 @@ class BenchClient:
         self.rooms = list(rooms)
         self.source = source
         self.reconnect = reconnect
-        self.proto: WsProtocol | None = None
+        self.proto: WsProtocol | StreamProtocol | None = None
         self.ready: asyncio.Future[None] | None = None
         self.pending_joins = 0
         self.last_n: dict[str, int] = {}
@@ -356,11 +365,9 @@ class BenchClient:
             self.proto.abort()  # one socket per client, ever: a second would deliver everything twice
         self.proto = None
 
-        def protocol() -> WsProtocol:
+        def protocol() -> WsProtocol | StreamProtocol:
             # Set before any data arrives: the 101 and the first frame may come in one read.
-            created = WsProtocol(
-                request, self.on_text, lambda code: self._lost(created, code), self.counting_compressed()
-            )
+            created = self.make_protocol(request, lambda code: self._lost(created, code))
             self.proto = created
             return created
 
@@ -387,7 +394,11 @@ class BenchClient:
         if self.proto is not None:
             self.proto.close()
 
-    def _lost(self, proto: WsProtocol, code: int | None) -> None:
+    def make_protocol(self, request: bytes, on_close: Callable[[int | None], None]) -> WsProtocol | StreamProtocol:
+        """The socket's protocol: a WebSocket (bench.wire); the stream client's is an HTTP stream."""
+        return WsProtocol(request, self.on_text, on_close, self.counting_compressed())
+
+    def _lost(self, proto: WsProtocol | StreamProtocol, code: int | None) -> None:
         # Only the current socket's end counts: a superseded one must not start a second reconnect loop.
         if proto is self.proto:
             self.on_close(code)
@@ -544,22 +555,7 @@ class JetsockClient(BenchClient):
         elif kind == "ack":
             self.stats.acks += 1
         elif kind == "welcome":
-            self.reconnect_log.append(["welcome", frame.node, dict(self.last_seq)])
-            if self.defer_join:
-                if self.ready is not None and not self.ready.done():
-                    self.ready.set_result(None)
-                return
-            self.pending_joins = len(self.rooms)
-            assert self.proto is not None
-            if self.tracked and self.rooms:
-                self.stats.presence.joins_sent[self.sub] = time.time() * 1000.0
-            for room in self.rooms:
-                join: dict[str, object] = {"type": "join", "room": room}
-                if room in self.last_seq:
-                    join["since"] = self.last_seq[room]
-                self.proto.send_text(_encode(join))
-            if not self.rooms and self.ready is not None:
-                self.ready.set_result(None)
+            self.on_welcome(frame)
         elif kind == "joined":
             self.reconnect_log.append(["joined", frame.room, frame.seq, frame.recovered, self.last_n.get(frame.room)])
             self.last_seq.setdefault(frame.room, frame.seq)
@@ -574,6 +570,28 @@ class JetsockClient(BenchClient):
                 self.stats.pages.errors += 1
             if isinstance(frame.ref, int) and self.who_out.pop(frame.ref, None) is not None:
                 self.stats.presence.who_errors += 1
+
+    def on_welcome(self, frame: JetsockFrame) -> None:
+        """Authenticated: join the rooms (resuming with `since`), or wait for `join_rooms`."""
+        self.reconnect_log.append(["welcome", frame.node, dict(self.last_seq)])
+        if self.defer_join:
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(None)
+            return
+        self.pending_joins = len(self.rooms)
+        assert self.proto is not None
+        if self.tracked and self.rooms:
+            self.stats.presence.joins_sent[self.sub] = time.time() * 1000.0
+        for room in self.rooms:
+            self.proto.send_text(self.join_frame(room))
+        if not self.rooms and self.ready is not None:
+            self.ready.set_result(None)
+
+    def join_frame(self, room: str) -> bytes:
+        join: dict[str, object] = {"type": "join", "room": room}
+        if room in self.last_seq:
+            join["since"] = self.last_seq[room]
+        return _encode(join)
 
     def who(self, room: str) -> None:
         """Ask who is in `room`; the latency is counted per edge port when `members` with its ref comes."""
@@ -680,6 +698,53 @@ class SocketIOClient(BenchClient):
         if self.proto is not None:
             message = {"room": room, "t": time.time() * 1000.0, "n": number, **payloads.body(self.payload)}
             self.proto.send_text(b"422" + _encode(["publish", message]))
+
+
+class JetsockStreamClient(JetsockClient):
+    """jetsock over the HTTP stream (PROTOCOL.md section 11, bench.streamwire): the token as a bearer,
+    the joins (with `since` on resume) in the opening POST's body as the SDK sends them, every other
+    frame posted to the session, a `ping` posted every heartbeat; the server's frames are the same."""
+
+    path = "/v1/stream"
+    keepalive_posts = True
+    """Posts over one keep-alive connection per session (a browser's, the SDK's); False: a connection each."""
+
+    def request(self) -> bytes:
+        frames = [] if self.defer_join else [self.join_frame(room) for room in self.rooms]
+        if self.tracked and frames:
+            self.stats.presence.joins_sent[self.sub] = time.time() * 1000.0
+        return open_request(self.host, self.port, self.token, frames, self.path)
+
+    def make_protocol(self, request: bytes, on_close: Callable[[int | None], None]) -> WsProtocol | StreamProtocol:
+        return StreamProtocol(
+            request,
+            self.on_text,
+            on_close,
+            self.host,
+            self.port,
+            self.source,
+            self.token,
+            self.keepalive_posts,
+            self._posted,
+        )
+
+    def on_welcome(self, frame: JetsockFrame) -> None:
+        # The joins went with the opening request and run after the welcome: their `joined` follow.
+        self.reconnect_log.append(["welcome", frame.node, dict(self.last_seq)])
+        if self.defer_join or not self.rooms:
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(None)
+            return
+        self.pending_joins = len(self.rooms)
+
+    def _posted(self, outcome: str, seconds: float) -> None:
+        stats = self.stats
+        if outcome == "posted":
+            stats.posts += 1
+            key = hist.bucket(seconds * 1000.0)
+            stats.post_histogram[key] = stats.post_histogram.get(key, 0) + 1
+        else:
+            stats.errors[outcome] += 1
 
 
 CLIENTS: dict[str, type[BenchClient]] = {cls.system: cls for cls in (JetsockClient, SocketIOClient)}

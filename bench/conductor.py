@@ -53,10 +53,12 @@ class Run:
                 "acks",
                 "lost",
                 "duplicates",
+                "posts",
             )
         }
         total["behind"] = sum(p["behind"] for p in parts)
         total["histogram"] = hist.merge(p["histogram"] for p in parts)
+        total["post_histogram"] = hist.merge(p["post_histogram"] for p in parts)
         closes: dict[str, int] = {}
         for part in parts:
             for code, count in part["closes"].items():

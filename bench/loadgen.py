@@ -22,7 +22,7 @@ import time
 from collections import deque
 from typing import Any
 
-from bench.clients import CLIENTS, BenchClient, PageStats, Stats
+from bench.clients import CLIENTS, BenchClient, JetsockStreamClient, PageStats, Stats
 from bench.shapes import rooms
 from core.auth import make_token
 
@@ -51,7 +51,10 @@ class LoadGenerator:
         `info` (true: an `info` claim naming the user), `ports` (client i goes to edge
         `ports[i % len(ports)]` instead of `port`), `track` (the client writes when it sends
         its joins and leaves, for the event delay). Of the compression scenario: `deflate`
-        (offer permessage-deflate), `payload` (what `publish_every` sends: "100B" or "2KB")."""
+        (offer permessage-deflate), `payload` (what `publish_every` sends: "100B" or "2KB"). Of the
+        stream scenario: `transport` ("stream": a jetsock session over the HTTP stream instead of a
+        WebSocket, bench.streamwire), `stream_posts` ("keepalive", the default: its posts over one
+        kept connection; "close": a connection per post)."""
         sub = f"{cmd.get('sub_prefix', 'bench-')}{index}"
         claims: dict[str, Any] = {}
         if cmd.get("presence") is not None:
@@ -59,7 +62,10 @@ class LoadGenerator:
         if cmd.get("info"):
             claims["info"] = {"name": f"User {index}"}
         token = make_token(cmd["secret"], sub, join=[">"], publish=[">"], ttl=7200, **claims)
-        cls = CLIENTS[cmd["system"]]
+        stream = cmd.get("transport", "websocket") == "stream"
+        if stream and cmd["system"] != "jetsock":
+            raise ValueError(f"{cmd['system']} has no HTTP stream transport")
+        cls = JetsockStreamClient if stream else CLIENTS[cmd["system"]]
         sampled = index % cmd.get("sample_every", 1) == 0
         source = self.source(index)
         shape = rooms(cmd["shape"], index)
@@ -71,6 +77,8 @@ class LoadGenerator:
         client.payload = str(cmd.get("payload", "100B"))
         client.sub = sub
         client.tracked = bool(cmd.get("track", False))
+        if isinstance(client, JetsockStreamClient):
+            client.keepalive_posts = cmd.get("stream_posts", "keepalive") == "keepalive"
         return client
 
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -51,3 +51,19 @@ def children(parent: int) -> list[int]:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return sorted(found)
+
+
+def sockets(pids: Iterable[int]) -> int:
+    """Open sockets of `pids` (their file descriptors that are sockets); a process that is gone counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for fd in fds:
+            try:
+                total += os.readlink(fd).startswith("socket:")
+            except OSError:
+                continue
+    return total

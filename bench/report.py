@@ -14,6 +14,8 @@ from bench.compression_scenario import TARGET_CPU_RATIO, TARGET_RSS_KB, TARGET_W
 from bench.history_scenario import TARGET_P99_MS, TARGET_STORM_S
 from bench.presence_scenario import TARGET_CHURN_OVERHEAD, TARGET_WHO_P99_MS
 from bench.scenarios import rate_p99_stays_over
+from bench.stream_scenario import TARGET_CPU_RATIO as TARGET_STREAM_CPU_RATIO
+from bench.stream_scenario import TARGET_RSS_RATIO as TARGET_STREAM_RSS_RATIO
 from core.settings import Settings
 
 matplotlib.use("Agg")
@@ -21,7 +23,7 @@ import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyp
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn", "history", "presence", "compression"]
+SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn", "history", "presence", "compression", "stream"]
 SYSTEM_ORDER = ["jetsock", "python-socketio"]
 EVEN_BAND = 1.05
 """Ratios within 5% either way are reported as even: closer than a shared machine can tell apart."""
@@ -226,7 +228,60 @@ def plots(results: dict[str, dict[str, dict[str, Any]]], directory: Path) -> lis
     )
     made += history_plots(results.get("history", {}).get("jetsock"), directory)
     made += presence_plots(results.get("presence", {}).get("jetsock"), directory)
+    made += stream_plots(results.get("stream", {}).get("jetsock"), directory)
     return [m for m in made if m]
+
+
+STREAM_COLORS = {"websocket": "#1f77b4", "stream": "#ff7f0e"}
+
+
+def stream_plots(result: dict[str, Any] | None, directory: Path) -> list[str]:
+    """Fan-out over WebSocket and over the HTTP stream: CPU per delivery and p99 against the publish rate."""
+    if not result or not result.get("fanout"):
+        return []
+    directory.mkdir(exist_ok=True)
+    fig, (cpu_ax, p99_ax) = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=100)
+    for run in result["fanout"]:
+        steps = run.get("steps", [])
+        transport = run["transport"]
+        rates = [s["rate"] for s in steps]
+        color = STREAM_COLORS.get(transport)
+        cpu_ax.plot(
+            rates, [s["cpu_us_per_delivery"] for s in steps], marker="o", markersize=3, label=transport, color=color
+        )
+        with_p99 = [s for s in steps if "p99_ms" in s]
+        p99_ax.plot(
+            [s["rate"] for s in with_p99],
+            [s["p99_ms"] for s in with_p99],
+            marker="o",
+            markersize=3,
+            label=f"{transport} p99",
+            color=color,
+        )
+        p99_ax.plot(
+            [s["rate"] for s in with_p99],
+            [s["p50_ms"] for s in with_p99],
+            "--",
+            marker="o",
+            markersize=3,
+            label=f"{transport} p50",
+            color=color,
+        )
+    members = result["fanout"][0].get("members", 0)
+    cpu_ax.set_title(f"stream: fan-out to {members:,}, server CPU per delivery")
+    cpu_ax.set_ylabel("µs per delivery")
+    p99_ax.set_title("latency, publisher to member")
+    p99_ax.set_ylabel("ms")
+    for ax in (cpu_ax, p99_ax):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("publish rate, msg/s")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(directory / "stream-fanout.png")
+    plt.close(fig)
+    return ["plots/stream-fanout.png"]
 
 
 def history_plots(result: dict[str, Any] | None, directory: Path) -> list[str]:
@@ -408,6 +463,27 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         ):
             target = measured.get(key, {})
             rows.append((name, goal.format(target.get("goal", 0)), target.get("measured"), bool(target.get("met"))))
+    if "jetsock" in results.get("stream", {}):
+        stream = results["stream"]["jetsock"]
+        measured = stream.get("targets", {})
+        idle = _stream_idle(stream, "websocket")
+        rss, cpu = measured.get("rss_ratio", {}), measured.get("cpu_ratio_saturation", {})
+        rows += [
+            (
+                f"idle HTTP stream session's RSS over an idle WebSocket's, {_fmt(idle.get('connections'))} each"
+                " (issue 16)",
+                f"≤ {rss.get('goal', TARGET_STREAM_RSS_RATIO):g}x",
+                rss.get("measured"),
+                bool(rss.get("met")),
+            ),
+            (
+                "CPU per delivery at fan-out saturation, stream over WebSocket,"
+                f" {_fmt(cpu.get('members'))} members (issue 16)",
+                f"≤ {cpu.get('goal', TARGET_STREAM_CPU_RATIO):g}x",
+                cpu.get("measured"),
+                bool(cpu.get("met")),
+            ),
+        ]
     lines = ["## Targets (jetsock)", "", "| target | goal | measured | met |", "| --- | --- | ---: | --- |"]
     for name, goal, value, met in rows:
         verdict = "not measured" if value is None else "yes" if met else "**no**"
@@ -875,6 +951,247 @@ def compression_section(systems: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _stream_idle(result: dict[str, Any], transport: str, posts: str = "keepalive") -> dict[str, Any]:
+    rows = result.get("idle", [])
+    return next((r for r in rows if r["transport"] == transport and (r.get("posts") or "keepalive") == posts), {})
+
+
+def _stream_pair(summary: dict[str, Any], keys: tuple[str, ...] = ("p50_ms", "p99_ms", "p999_ms")) -> str | None:
+    if not summary or keys[0] not in summary:
+        return None
+    return " / ".join(_fmt(summary.get(k)) for k in keys)
+
+
+def stream_section(result: dict[str, Any]) -> list[str]:
+    """Issue 16's scenario: HTTP stream sessions beside WebSocket connections, its targets, the variants."""
+    heartbeat = result.get("heartbeat") or DEFAULT_SETTINGS.heartbeat
+    ws, st = _stream_idle(result, "websocket"), _stream_idle(result, "stream")
+    apart = _stream_idle(result, "stream", "close")
+    fan = {f["transport"]: f for f in result.get("fanout", [])}
+    chat = {c["transport"]: c for c in result.get("chat", [])}
+    fws, fst = fan.get("websocket", {}), fan.get("stream", {})
+    cws, cst = chat.get("websocket", {}), chat.get("stream", {})
+    summary, targets = result.get("summary", {}), result.get("targets", {})
+    rss_target, cpu_target = targets.get("rss_ratio", {}), targets.get("cpu_ratio_saturation", {})
+    moderate = fst.get("moderate_rate") or fws.get("moderate_rate")
+    window = ws.get("idle_seconds")
+    lines = [
+        "python-socketio's fallback is Engine.IO long-polling, another protocol with its own costs (and sticky"
+        " sessions): this compares jetsock's HTTP stream (PROTOCOL.md section 11) with jetsock's WebSocket.",
+        "",
+        "The lean client opens a session with `POST /v1/stream` (HTTP/1.1, `Authorization: Bearer`, its joins in"
+        " the body), reads the chunked `text/event-stream` answer as it comes (one `data:` event per server"
+        " frame, the same JSON as a WebSocket's) and posts its frames to `/v1/stream/<session>` one request at a"
+        f" time, with a `ping` every heartbeat ({heartbeat:g} s) so that the edge does not close it with 4009."
+        " Its posts go over one keep-alive connection per session, as a browser's or the SDK's connection pool"
+        " sends them: a session holds two sockets, the stream and its posts (the variant with a connection per"
+        " post shows the session alone). Two workers on one nats-server; a post may reach the worker that does"
+        " not hold its session, which hands it over NATS, as another node would. Idle clients are in 2 rooms"
+        f" each, on a fresh system per variant, RSS read once connected and after {_fmt(window)} s idle (every"
+        " stream session has posted its pings by then); fan-out and chat run WebSockets first, then streams, on"
+        " one system (the idle WebSockets' system, after them).",
+        "",
+        "| figure | WebSocket | HTTP stream | stream over WebSocket | target (issue 16) | met |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+
+    def row(label: str, a: Any, b: Any, ratio: Any = None, goal: str = "", met: str = "") -> None:
+        if a is None and b is None:
+            return
+        shown = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else ""
+        lines.append(f"| {label} | {_fmt(a)} | {_fmt(b)} | {shown} | {goal} | {met} |")
+
+    row(
+        "idle: clients held (still receiving) of those opened",
+        None if not ws else f"{_fmt(ws.get('held'))} of {_fmt(ws.get('attempted'))}",
+        None if not st else f"{_fmt(st.get('held'))} of {_fmt(st.get('attempted'))}",
+    )
+    row("idle: server sockets per client", ws.get("server_sockets_per_conn"), st.get("server_sockets_per_conn"))
+    row(
+        f"idle: RSS per client after {_fmt(window)} s idle, KB",
+        ws.get("rss_kb_per_conn"),
+        st.get("rss_kb_per_conn"),
+        summary.get("rss_ratio"),
+        f"≤ {rss_target.get('goal', TARGET_STREAM_RSS_RATIO):g}x",
+        _met(bool(rss_target.get("met")), rss_target.get("measured")),
+    )
+    row(
+        "idle: RSS per client once connected (before the first ping), KB",
+        ws.get("rss_kb_per_conn_connected"),
+        st.get("rss_kb_per_conn_connected"),
+        summary.get("rss_ratio_connected"),
+    )
+    row(
+        "idle: the same, the stream's posts on a connection each, after the idle window, KB",
+        ws.get("rss_kb_per_conn"),
+        apart.get("rss_kb_per_conn"),
+        summary.get("rss_ratio_posts_apart"),
+    )
+    row(
+        "idle: CPU per client per minute, ms (heartbeats; a stream's ping is a post)",
+        ws.get("cpu_ms_per_conn_per_min"),
+        st.get("cpu_ms_per_conn_per_min"),
+        summary.get("idle_cpu_ratio"),
+    )
+    row("idle: posts per session per minute, post round trip p50 / p99, ms", None, _posts_cell(st))
+    row("idle: CPU per ping post, less a WebSocket's heartbeat, µs", None, _per_ping(ws, st))
+    row("fan-out: members", fws.get("members"), fst.get("members"))
+    row(
+        "fan-out: wire bytes per delivery (frame; SSE event in its chunk)",
+        fws.get("wire_bytes_per_delivery"),
+        fst.get("wire_bytes_per_delivery"),
+        _ratio_value(fst.get("wire_bytes_per_delivery"), fws.get("wire_bytes_per_delivery")),
+    )
+    row(
+        f"fan-out: latency at {_fmt(moderate)} msg/s, p50 / p99 / p99.9, ms (ratio: of the p99s)",
+        _stream_pair(fws.get("latency_moderate", {})),
+        _stream_pair(fst.get("latency_moderate", {})),
+        _ratio_value(fst.get("latency_moderate", {}).get("p99_ms"), fws.get("latency_moderate", {}).get("p99_ms")),
+    )
+    row(
+        "fan-out: server CPU per delivery at 10 msg/s, µs",
+        fws.get("cpu_us_per_delivery_10_msg_s"),
+        fst.get("cpu_us_per_delivery_10_msg_s"),
+        summary.get("cpu_ratio_10_msg_s"),
+    )
+    row(
+        "fan-out: server CPU per delivery at saturation, µs",
+        fws.get("cpu_us_per_delivery_saturation"),
+        fst.get("cpu_us_per_delivery_saturation"),
+        summary.get("cpu_ratio_saturation"),
+        f"≤ {cpu_target.get('goal', TARGET_STREAM_CPU_RATIO):g}x",
+        _met(bool(cpu_target.get("met")), cpu_target.get("measured")),
+    )
+    row(
+        "fan-out: deliveries/s at saturation (publish rate, msg/s)",
+        _with_rate(fws),
+        _with_rate(fst),
+        _ratio_value(fst.get("deliveries_per_s_saturation"), fws.get("deliveries_per_s_saturation")),
+    )
+    row("fan-out: p99 at saturation, ms", fws.get("p99_ms_saturation"), fst.get("p99_ms_saturation"))
+    row("fan-out: members closed by the edge (code: count)", _closes(fws), _closes(fst))
+    row("chat: connections (rooms of 10)", cws.get("connections"), cst.get("connections"))
+    row(
+        "chat: server CPU per delivery, µs (a stream's publish is a post)",
+        cws.get("cpu_us_per_delivery"),
+        cst.get("cpu_us_per_delivery"),
+        summary.get("chat_cpu_ratio"),
+    )
+    row(
+        "chat: latency, p50 / p99 / p99.9, ms (ratio: of the p99s)",
+        _stream_pair(cws),
+        _stream_pair(cst),
+        _ratio_value(cst.get("p99_ms"), cws.get("p99_ms")),
+    )
+    row("chat: published / acked", _acked(cws), _acked(cst))
+    row("chat: post round trip p50 / p99, ms", None, _stream_pair(cst.get("post_round_trip", {}), ("p50_ms", "p99_ms")))
+    lines.append("")
+    idle = result.get("idle", [])
+    if idle:
+        lines += [
+            "Idle clients, each variant on a fresh system:",
+            "",
+            "| clients | posts | held of opened | server sockets per client | KB per client, connected"
+            " | after the idle window | CPU ms per client per minute | posts per client per minute | closes |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for point in idle:
+            posts = {"keepalive": "one kept connection", "close": "a connection each"}.get(point.get("posts") or "", "")
+            cells = [
+                f"{_fmt(point.get('held'))} of {_fmt(point.get('attempted'))}",
+                point.get("server_sockets_per_conn"),
+                point.get("rss_kb_per_conn_connected"),
+                point.get("rss_kb_per_conn"),
+                point.get("cpu_ms_per_conn_per_min"),
+                point.get("posts_per_conn_per_min") if point["transport"] == "stream" else None,
+            ]
+            closes = ", ".join(f"{code}: {n}" for code, n in sorted(point.get("closes", {}).items())) or "none"
+            lines.append(f"| {point['transport']} | {posts} | " + " | ".join(_fmt(c) for c in cells) + f" | {closes} |")
+        lines.append("")
+    if fws.get("steps") and fst.get("steps"):
+        lines += [
+            "Fan-out step by step (a backend publishing ~100-byte messages to one room), WebSocket then stream:",
+            "",
+            "| msg/s | WebSocket deliveries/s | CPU µs/delivery | p50 / p99, ms | stream deliveries/s"
+            " | CPU µs/delivery | p50 / p99, ms |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        by_rate = {s["rate"]: s for s in fst["steps"]}
+        for step in fws["steps"]:
+            other = by_rate.get(step["rate"], {})
+            cells = [
+                step["rate"],
+                step.get("deliveries_per_s"),
+                step.get("cpu_us_per_delivery"),
+                _stream_pair(step, ("p50_ms", "p99_ms")),
+                other.get("deliveries_per_s"),
+                other.get("cpu_us_per_delivery"),
+                _stream_pair(other, ("p50_ms", "p99_ms")),
+            ]
+            lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
+    lines += [
+        "CPU is the two workers' (user + system) over the deliveries the clients counted; RSS the workers' over"
+        " the clients. The stream's cost at low rates includes its heartbeat posts (an HTTP request each, handed"
+        " over NATS when it reached the other worker), which a WebSocket's pings do not need; latency includes"
+        " the load generator's own time through its members (the same client code for both but for the"
+        " framing). A WebSocket member answers the edge's ping only when it reads it, behind whatever it has not"
+        " read yet, so at saturation, seconds behind, some are closed with 4009 once the last step is over; a"
+        " stream posts its pings on a timer. In the chat each client publishes"
+        f" {_fmt(_per_client(cst))} times, and a session opened just before has not pinged yet: its first publish"
+        " opens its post connection (as a browser's first post does), so about half of the stream's publishes"
+        " include a TCP connect, which its p99 shows; a session that has been up a heartbeat posts on a kept"
+        " connection.",
+        "",
+    ]
+    return lines
+
+
+def _per_client(chat: dict[str, Any]) -> float | None:
+    if not chat.get("connections") or "published" not in chat:
+        return None
+    return round(float(chat["published"]) / float(chat["connections"]), 1)
+
+
+def _closes(run: dict[str, Any]) -> str | None:
+    if "closes" not in run:
+        return None
+    return ", ".join(f"{code}: {_fmt(n)}" for code, n in sorted(run["closes"].items())) or "none"
+
+
+def _per_ping(ws: dict[str, Any], st: dict[str, Any]) -> float | None:
+    """The stream's idle CPU beyond the WebSocket's, per ping it posted (its keepalive comment is
+    written as a WebSocket's ping is)."""
+    posts = st.get("posts_per_conn_per_min")
+    if not posts or "cpu_ms_per_conn_per_min" not in st or "cpu_ms_per_conn_per_min" not in ws:
+        return None
+    extra = float(st["cpu_ms_per_conn_per_min"]) - float(ws["cpu_ms_per_conn_per_min"])
+    return round(extra / float(posts) * 1000, 1)
+
+
+def _ratio_value(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return None
+    return a / b
+
+
+def _with_rate(fanout: dict[str, Any]) -> str | None:
+    if "deliveries_per_s_saturation" not in fanout:
+        return None
+    return f"{_fmt(fanout['deliveries_per_s_saturation'])} ({_fmt(fanout.get('saturation_rate'))})"
+
+
+def _acked(chat: dict[str, Any]) -> str | None:
+    return None if "published" not in chat else f"{_fmt(chat['published'])} / {_fmt(chat.get('acked'))}"
+
+
+def _posts_cell(idle: dict[str, Any]) -> str | None:
+    if "posts_per_conn_per_min" not in idle:
+        return None
+    trip = _stream_pair(idle.get("post_round_trip", {}), ("p50_ms", "p99_ms"))
+    return f"{_fmt(idle['posts_per_conn_per_min'])}, {trip or '—'}"
+
+
 def _timed_out(storm: dict[str, Any]) -> str:
     return f"> {_fmt(storm['timeout_s'])} ({_fmt(storm.get('held'))} of {_fmt(storm.get('joiners'))})"
 
@@ -930,6 +1247,9 @@ def write_report(directory: Path = RESULTS) -> Path:
         elif scenario == "compression":
             if results.get(scenario):
                 lines += ["## compression", "", *compression_section(results[scenario])]
+        elif scenario == "stream":
+            if "jetsock" in results.get(scenario, {}):
+                lines += ["## stream", "", *stream_section(results[scenario]["jetsock"])]
         elif scenario in results:
             lines += [f"## {scenario}", "", *table(scenario, results[scenario]), ""]
             if scenario == "idle":

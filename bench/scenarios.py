@@ -1,6 +1,7 @@
 """The five scenarios of issue 6, each run the same way against every system, issue 14's
 `history` (bench/history_scenario.py) and issue 15's `presence` (bench/presence_scenario.py),
-jetsock only, and issue 17's `compression` (bench/compression_scenario.py), both systems.
+jetsock only, issue 17's `compression` (bench/compression_scenario.py), both systems, and
+issue 16's `stream` (bench/stream_scenario.py: HTTP stream sessions beside WebSockets), jetsock only.
 
 Every figure is a ratio taken in one run: CPU seconds of the serving processes
 (from /proc) over deliveries the clients counted, RSS over connections, and
@@ -24,6 +25,7 @@ from bench.conductor import Run, progress, running
 from bench.history_scenario import history
 from bench.presence_scenario import presence
 from bench.shapes import all_rooms
+from bench.stream_scenario import stream
 from bench.systems import HOST, SECRET
 
 WORKERS = 2
@@ -80,6 +82,20 @@ class Scale:
     compression_idle: int = 5_000
     compression_settle: float = 3.0
     """Seconds to let a system settle between phases (before RSS is read, after sockets close)."""
+    stream_idle: int = 10_000
+    stream_idle_window: float = 60.0
+    stream_heartbeat: float = 0.0
+    """JETSOCK_HEARTBEAT for the stream scenario's systems; 0: the edge's default (25 s)."""
+    stream_members: int = 5_000
+    stream_moderate_rate: float = 2.0
+    """The fan-out rate (msg/s) whose latency is reported: moderate, far from saturation."""
+    stream_rates: list[int] = field(default_factory=lambda: [20, 40, 80, 160, 320, 640])
+    """Fan-out rates after the moderate and the 10 msg/s steps, until saturation."""
+    stream_step: float = 5.0
+    stream_chat_clients: int = 5_000
+    stream_chat_interval: float = 10.0
+    stream_chat_seconds: float = 20.0
+    stream_settle: float = 3.0
 
 
 FULL = Scale()
@@ -122,6 +138,16 @@ QUICK = Scale(
     compression_chat_seconds=4.0,
     compression_idle=1_000,
     compression_settle=1.0,
+    stream_idle=1_000,
+    stream_idle_window=5.0,
+    stream_heartbeat=2.0,
+    stream_members=300,
+    stream_rates=[40, 160],
+    stream_step=2.0,
+    stream_chat_clients=300,
+    stream_chat_interval=2.0,
+    stream_chat_seconds=4.0,
+    stream_settle=1.0,
 )
 
 
@@ -412,6 +438,7 @@ SCENARIOS = {
     "history": history,
     "presence": presence,
     "compression": compression,
+    "stream": stream,
 }
-JETSOCK_ONLY = {"history", "presence"}
+JETSOCK_ONLY = {"history", "presence", "stream"}
 """Scenarios of features the peer does not have: run against jetsock's systems only."""
