@@ -13,7 +13,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from core.settings import Settings
-from edge import admin, headers, http_api, pages, stream
+from edge import admin, cors, headers, http_api, pages, stream
 from edge.httperrors import EdgeRunner, access_cause
 from edge.node import Node
 from edge.session import NODE_KEY
@@ -56,6 +56,7 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     node.streams = app[stream.STREAMS_KEY] = StreamSessions(node)
     app.on_response_prepare.append(headers.security_headers)
     app.on_response_prepare.append(_request_answered)
+    app.on_response_prepare.append(cors.cors_headers)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await node.start(servers)
@@ -79,6 +80,7 @@ def build_app(node: Node, servers: list[str]) -> web.Application:
     app.router.add_post("/v1/stream", stream.open_stream)
     app.router.add_post("/v1/stream/{session}", stream.post_frames)
     app.router.add_post("/v1/subjects/{sub}/disconnect", http_api.disconnect)
+    cors.add_preflights(app)
     pages.add_routes(app)
     admin.add_routes(app)
     return app
