@@ -31,6 +31,7 @@ nats-server spent meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import tempfile
 import time
@@ -218,6 +219,59 @@ async def count_requests(system: Jetsock, layout: Layout, last_seq: int, pages: 
     }
 
 
+COST_KINDS = {
+    "next_from_first": "a room's first message (next_by_subj from seq 1, batch 1)",
+    "next_from_random": "a room's next message after a random seq (next_by_subj, batch 1): a count probe",
+    "fifty_from_first": "a small room's 50 messages from its first (next_by_subj, batch 50): a page's read",
+    "last_of_room": "a room's newest message (multi_last, batch 1): its head",
+    "by_seq": "one message by its seq (no subject)",
+}
+"""The kinds of direct get whose nats-server cost `direct_get_costs` measures one by one."""
+
+
+async def direct_get_costs(run: Run, layout: Layout, last_seq: int, requests: int, seed: int = 41) -> dict[str, Any]:
+    """nats-server's CPU and the round trip per direct get, kind by kind (COST_KINDS), one request at a
+    time on the loaded stream, with nothing else running: what a page's requests cost where they go."""
+    system = run.system
+    assert isinstance(system, Jetsock) and system.nc is not None
+    nc = system.nc
+    fetcher = RoomFetcher(nc, DEFAULTS.stream)
+    await fetcher.start()
+    rng = random.Random(seed)
+    api = f"$JS.API.DIRECT.GET.{DEFAULTS.stream}"
+
+    def small_room() -> str:
+        return f"{PREFIX}{layout.big_rooms + rng.randrange(layout.small_rooms)}"
+
+    async def one(kind: str) -> None:
+        if kind == "next_from_first":
+            await fetcher.fetch(small_room(), 0, 1)
+        elif kind == "next_from_random":
+            await fetcher.fetch(small_room(), rng.randrange(last_seq), 1)
+        elif kind == "fifty_from_first":
+            await fetcher.fetch(small_room(), 0, SMALL_ROOM)
+        elif kind == "last_of_room":
+            await fetcher.head(small_room())
+        else:
+            await nc.request(api, b'{"seq": %d}' % rng.randint(1, last_seq), timeout=10)
+
+    costs: dict[str, Any] = {}
+    for kind, meaning in COST_KINDS.items():
+        _, seconds, _, infra = await _measured(run, functools.partial(_repeat, one, kind, requests))
+        costs[kind] = {
+            "meaning": meaning,
+            "requests": requests,
+            "nats_cpu_us": round(infra / requests * 1e6),
+            "round_trip_ms": round(seconds / requests * 1e3, 2),
+        }
+    return costs
+
+
+async def _repeat(one: Callable[[str], Awaitable[None]], kind: str, times: int) -> None:
+    for _ in range(times):
+        await one(kind)
+
+
 async def _measured(run: Run, work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, float, float]:
     """`work()`'s result, its wall seconds, and the edge's and nats-server's CPU seconds during it."""
     cpu, infra, started = run.cpu(), run.infra_cpu(), time.monotonic()
@@ -389,6 +443,8 @@ async def history(system: str, scale: Scale) -> dict[str, Any]:
         js = jetsock.nc.jetstream(publish_async_max_pending=2 * scale.history_window)
         loaded = await load_stream(js, layout, scale.history_window, label)
         await asyncio.sleep(1.0)
+        progress(f"{label}: the nats-server cost of each kind of direct get, {scale.history_cost_requests} each")
+        costs = await direct_get_costs(run, layout, loaded["last_seq"], scale.history_cost_requests)
         pages = await pages_phase(run, scale, layout, loaded["last_seq"])
         storm = await storm_phase(run, scale, layout)
     p99 = pages.get("p99_ms")
@@ -415,6 +471,7 @@ async def history(system: str, scale: Scale) -> dict[str, Any]:
             },
         },
         "load": loaded,
+        "direct_get_costs": costs,
         "pages": pages,
         "storm": storm,
     }

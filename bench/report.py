@@ -633,6 +633,22 @@ def history_section(result: dict[str, Any]) -> list[str]:
             cells += [cost.get("mean"), cost.get("max"), cost.get("probes_mean")]
             lines.append(f"| {kind} | " + " | ".join(_fmt(c) for c in cells) + " |")
         lines.append("")
+    costs = result.get("direct_get_costs") or {}
+    if costs:
+        lines += [
+            "What each kind of direct get costs nats-server on this stream (one request at a time, nothing else"
+            " running, rooms of the small tier): a room's messages are spread through the whole stream, and the"
+            " server finds a subject's next message by scanning its store from the given seq, so what is cheap"
+            " is what it can jump to (a room's first and last, a seq), and a read costs about the stream's"
+            " messages between the room's.",
+            "",
+            "| direct get | requests | nats-server CPU per request, µs | round trip, ms |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for figures in costs.values():
+            cells = [figures.get("requests"), figures.get("nats_cpu_us"), figures.get("round_trip_ms")]
+            lines.append(f"| {figures.get('meaning')} | " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
     edge_profile = pages.get("profile")
     if edge_profile and edge_profile.get("samples"):
         lines += [

@@ -57,6 +57,7 @@ class Scale:
     history_counted_pages: int = 200
     history_profile_seconds: float = 8.0
     history_joiners: int = 5_000
+    history_cost_requests: int = 300
     history_timeout: float = 60.0
     presence_users: int = 10_000
     presence_interval: float = 1.0
@@ -119,6 +120,7 @@ QUICK = Scale(
     history_counted_pages=100,
     history_profile_seconds=3.0,
     history_joiners=500,
+    history_cost_requests=50,
     history_timeout=20.0,
     presence_users=1_000,
     presence_join_seconds=4.0,

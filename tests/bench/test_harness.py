@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from bench import hist
 from bench.__main__ import FIXED_KEYS, run
+from bench.history_scenario import COST_KINDS
 from bench.scenarios import QUICK
 from bench.streamwire import StreamProtocol
 from bench.wire import WsProtocol, deflate_message, handshake
@@ -140,8 +141,12 @@ def test_quick_history_pages_and_join_storm_on_jetsock_only(tmp_path: Path) -> N
     storm = details["storm"]
     assert storm["held"] == storm["joiners"] == 500 and storm["received"] == 500 * 50
     assert storm["duplicates"] == 0
+    costs = details["direct_get_costs"]
+    assert list(costs) == list(COST_KINDS)
+    assert all(c["requests"] == 50 and c["nats_cpu_us"] >= 0 and c["round_trip_ms"] > 0 for c in costs.values())
     report = (tmp_path / "REPORT.md").read_text()
     assert "## history" in report and "python-socketio keeps no messages" in report
+    assert "What each kind of direct get costs nats-server" in report and COST_KINDS["by_seq"] in report
     assert (tmp_path / "plots" / "history-page-latency.png").stat().st_size > 1000
 
 
