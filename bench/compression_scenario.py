@@ -34,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bench import hist, payloads
-from bench.conductor import Run, progress, running
+from bench.conductor import Run, chat_round, progress, running
 from bench.shapes import all_rooms
 from core.settings import Settings
 from edge.deflate import DeflateFraming
@@ -138,30 +138,15 @@ async def _chat(run: Run, scale: Scale, payload: str, deflate: bool) -> dict[str
     connected = await run.open("chat", scale.compression_chat_clients, deflate=deflate, payload=payload)
     await run.each("reset")
     progress(f"{run.label}: chat {label}, {connected} clients publishing every {scale.compression_chat_interval:g} s")
-    cpu_before, started = run.cpu(), time.monotonic()
-    sent = sum(
-        r["sent"]
-        for r in await run.each(
-            "publish_every", interval=scale.compression_chat_interval, duration=scale.compression_chat_seconds
-        )
+    figures, stats = await chat_round(
+        run, scale.compression_chat_interval, scale.compression_chat_seconds, scale.compression_settle
     )
-    await asyncio.sleep(scale.compression_settle)
-    elapsed, cpu = time.monotonic() - started, run.cpu() - cpu_before
-    stats = await run.stats()
-    await run.each("close")
-    await asyncio.sleep(scale.compression_settle)
-    delivered = stats["deliveries"]
     return {
         "payload": payload,
         "deflate": deflate,
         "connections": connected,
-        "published": sent,
-        "acked": stats["acks"],
-        "deliveries": delivered,
-        "deliveries_per_s": round(delivered / elapsed),
-        "cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 2),
-        "wire_bytes_per_delivery": round(stats["wire_bytes"] / max(delivered, 1), 1),
-        **hist.summary(stats["histogram"]),
+        **figures,
+        "wire_bytes_per_delivery": round(stats["wire_bytes"] / max(figures["deliveries"], 1), 1),
         "errors": stats["errors"],
     }
 

@@ -6,6 +6,7 @@ import asyncio
 import math
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -151,3 +152,25 @@ async def running(
         finally:
             await asyncio.gather(*(g.stop() for g in generators), return_exceptions=True)
             await system.stop()
+
+
+async def chat_round(run: Run, interval: float, seconds: float, settle: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The open clients each publish every `interval` s for `seconds`, then close: the figures of
+    the round (sent, acked, delivered, CPU per delivery, latency) and the load generators' stats."""
+    cpu_before, started = run.cpu(), time.monotonic()
+    sent = sum(r["sent"] for r in await run.each("publish_every", interval=interval, duration=seconds))
+    await asyncio.sleep(settle)
+    elapsed, cpu = time.monotonic() - started, run.cpu() - cpu_before
+    stats = await run.stats()
+    await run.each("close")
+    await asyncio.sleep(settle)
+    delivered = stats["deliveries"]
+    figures = {
+        "published": sent,
+        "acked": stats["acks"],
+        "deliveries": delivered,
+        "deliveries_per_s": round(delivered / elapsed),
+        "cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 2),
+        **hist.summary(stats["histogram"]),
+    }
+    return figures, stats

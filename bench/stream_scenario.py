@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import hist, procstat
 from bench.compression_scenario import _publish_at, _step
-from bench.conductor import Run, progress, running
+from bench.conductor import Run, chat_round, progress, running
 from bench.shapes import all_rooms
 
 if TYPE_CHECKING:
@@ -176,28 +176,11 @@ async def _chat(run: Run, scale: Scale, transport: str) -> dict[str, Any]:
     progress(
         f"{run.label}: chat over {transport}, {connected} clients publishing every {scale.stream_chat_interval:g} s"
     )
-    cpu_before, started = run.cpu(), time.monotonic()
-    sent = sum(
-        r["sent"]
-        for r in await run.each(
-            "publish_every", interval=scale.stream_chat_interval, duration=scale.stream_chat_seconds
-        )
-    )
-    await asyncio.sleep(scale.stream_settle)
-    elapsed, cpu = time.monotonic() - started, run.cpu() - cpu_before
-    stats = await run.stats()
-    await run.each("close")
-    await asyncio.sleep(scale.stream_settle)
-    delivered = stats["deliveries"]
+    figures, stats = await chat_round(run, scale.stream_chat_interval, scale.stream_chat_seconds, scale.stream_settle)
     return {
         "transport": transport,
         "connections": connected,
-        "published": sent,
-        "acked": stats["acks"],
-        "deliveries": delivered,
-        "deliveries_per_s": round(delivered / elapsed),
-        "cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 2),
-        **hist.summary(stats["histogram"]),
+        **figures,
         "posts": stats["posts"],
         "post_round_trip": hist.summary(stats["post_histogram"]),
         "errors": _since(stats["errors"], start["errors"]),
