@@ -37,8 +37,13 @@ RUN /opt/jetsock/bin/pip wheel --no-deps --wheel-dir /wheels . \
 sys.exit(not all((root / 'clients/js' / f).is_file() for f in ('jetsock.js', 'jetsock-stream.js', 'jetsock.d.ts')))"
 
 FROM ${PYTHON_IMAGE} AS runtime
-RUN groupadd --system --gid 10001 jetsock \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/jetsock --shell /usr/sbin/nologin jetsock \
+# A fixed numeric id, which USER below names. Not --system: system ids end at
+# SYS_UID_MAX (999 in Debian's login.defs), so useradd --system warned about 10001.
+# --no-log-init keeps the user out of lastlog and faillog, sparse files sized by the
+# highest uid written; the home directory is made below, not by useradd.
+RUN groupadd --gid 10001 jetsock \
+    && useradd --no-log-init --no-create-home --uid 10001 --gid 10001 --home-dir /var/lib/jetsock \
+        --shell /usr/sbin/nologin jetsock \
     && mkdir -p /var/lib/jetsock \
     && chown 10001:10001 /var/lib/jetsock
 COPY --from=build /opt/jetsock /opt/jetsock
