@@ -99,6 +99,15 @@ class EdgeNode:
         return self.process is not None and self.process.poll() is None
 
 
+def nats_config_password() -> str:
+    """A random password for deploy/nats-server.conf's `$EDGE_PASSWORD` / `$BACKEND_PASSWORD`.
+
+    nats-server parses a variable's value as a config value, so one that starts with `-`
+    (token_urlsafe's, one time in 64) is read as a broken negative number and the server
+    exits: a letter first, then hex, is always a string."""
+    return "p" + secrets.token_hex(24)
+
+
 class LocalCluster:
     def __init__(
         self,
@@ -117,8 +126,8 @@ class LocalCluster:
         self.edges: list[EdgeNode] = []
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.monitor_ports: list[int] = []
-        self.edge_password = secrets.token_urlsafe(24)
-        self.backend_password = secrets.token_urlsafe(24)
+        self.edge_password = nats_config_password()
+        self.backend_password = nats_config_password()
 
     @property
     def credentials_path(self) -> Path:

@@ -499,7 +499,9 @@ async def test_who_floods_cost_the_control_nothing(presence_edge: PresenceEdge, 
     assert all(not set(r) - {"members", "error:rate_limited"} for r in results), results
     assert all(r.get("members", 0) <= 20 + 10 * seconds + 1 for r in results), (results, seconds)
     assert refused > answered, (answered, refused)
-    assert p99 < 0.25, f"control ping p99 {p99 * 1000:.0f} ms under a who flood"
+    # Not a latency goal (those are bench/'s): a flood that starved the loop, or a `who` that held it,
+    # shows as seconds. Alone here the p99 is ~110 ms; inside the whole suite on a slow machine, ~400.
+    assert p99 < 1.0, f"control ping p99 {p99 * 1000:.0f} ms under a who flood"
     assert after_kb <= baseline_kb + RSS_TOLERANCE_KB, (baseline_kb, after_kb)
     cases.note("who floods: control", await check_control(presence_edge, control, "floods"))
 
