@@ -43,8 +43,8 @@ async def test_server_pings_and_silence_closes_4009(make_edge: Any) -> None:
     await alive.close()
 
 
-async def _read_msgs(client: Any, count: int) -> list[dict[str, Any]]:
-    return [await client.expect("msg", timeout=20) for _ in range(count)]
+FAST_WINDOW = 8
+"""Messages of 16 KB published ahead of what the fast reader has read."""
 
 
 async def test_slow_consumer_closed_4008_fast_one_unaffected_and_resume_loses_nothing(
@@ -61,9 +61,22 @@ async def test_slow_consumer_closed_4008_fast_one_unaffected_and_resume_loses_no
     slow.ws._response.connection.transport.pause_reading()  # type: ignore[union-attr]
     # Enough to fill both kernels' socket buffers on loopback (several MB) and then ours.
     count = 1500
-    fast_got = asyncio.create_task(_read_msgs(fast, count))
-    acks = [await js.publish("rooms.flood", payload) for _ in range(count)]
-    assert [m["seq"] for m in await fast_got] == [a.seq for a in acks]
+    fast_got: list[dict[str, Any]] = []
+
+    async def read_fast() -> None:
+        for _ in range(count):
+            fast_got.append(await fast.expect("msg", timeout=20))
+
+    reading = asyncio.create_task(read_fast())
+    acks = []
+    for i in range(count):
+        acks.append(await js.publish("rooms.flood", payload))
+        # The fast one keeps up, in this process on a slow machine too: at most WINDOW messages
+        # (128 KB, within the kernel's socket buffers) are ever between the edge and it.
+        while i + 1 - len(fast_got) >= FAST_WINDOW and not reading.done():
+            await asyncio.sleep(0.001)
+    await reading
+    assert [m["seq"] for m in fast_got] == [a.seq for a in acks]
     await asyncio.sleep(0.5)
     # The server gave up on the slow one; the room now holds only the fast one.
     members = edge.node.hub.members("flood")
