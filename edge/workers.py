@@ -79,7 +79,9 @@ def supervise(count: int, argv: Sequence[str], env: dict[str, str]) -> int:
                 continue
             log.warning("worker %d (pid %d) exited with %s; restarting", index, process.pid, code)
             time.sleep(RESTART_PAUSE)
-            workers[index] = start(index)
+            # A signal during the pause: the replacement would never get it and would outlive us.
+            if not stopping:
+                workers[index] = start(index)
         if stopping and all(p.poll() is not None for p in workers):
             break
         time.sleep(0.2)

@@ -77,3 +77,37 @@ async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNat
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def test_a_stop_during_a_restart_pause_starts_no_replacement(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """SIGTERM while the supervisor waits to restart a dead worker: it stops, with no worker left behind."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")},
+        "JETSOCK_NATS_URL": nats_server.url,
+        "JETSOCK_JWT_SECRET": SECRET,
+        "JETSOCK_PORT": str(port),
+        "JETSOCK_DRAIN_SECONDS": "0.5",
+    }
+    log = tmp_path / "workers.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [JETSOCK, "serve", "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        async with asyncio.timeout(30):
+            while len(_descendants(proc.pid)) < 2:
+                await asyncio.sleep(0.1)
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        first, second = sorted(_descendants(proc.pid))[:2]
+        os.kill(first, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while "restarting" not in log.read_text():
+                await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # inside the restart pause (RESTART_PAUSE, 1 s)
+        assert await asyncio.to_thread(proc.wait, 15) == 1  # one worker died by SIGKILL
+        leftover = [pid for pid in (second, *_descendants(proc.pid)) if Path(f"/proc/{pid}").exists()]
+        assert leftover == [], f"workers outlived the supervisor: {leftover}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
