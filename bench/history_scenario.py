@@ -48,6 +48,7 @@ from bench.loadgen import _draw
 from bench.systems import Jetsock
 from core.fetch import Batch, RoomFetcher
 from core.history import HistoryReader
+from core.rooms import room_subject
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -225,6 +226,8 @@ COST_KINDS = {
     "fifty_from_first": "a small room's 50 messages from its first (next_by_subj, batch 50): a page's read",
     "last_of_room": "a room's newest message (multi_last, batch 1): its head",
     "by_seq": "one message by its seq (no subject)",
+    "last_up_to_random": "a room's newest message at or before a random seq (multi_last, up_to_seq): a step back",
+    "fifty_by_seq": "50 consecutive messages of the stream from a random seq (any room, batch 50): a plain read",
 }
 """The kinds of direct get whose nats-server cost `direct_get_costs` measures one by one."""
 
@@ -252,6 +255,11 @@ async def direct_get_costs(run: Run, layout: Layout, last_seq: int, requests: in
             await fetcher.fetch(small_room(), 0, SMALL_ROOM)
         elif kind == "last_of_room":
             await fetcher.head(small_room())
+        elif kind == "last_up_to_random":
+            subject = room_subject(small_room())
+            await fetcher.request({"multi_last": [subject], "up_to_seq": rng.randrange(1, last_seq), "batch": 1})
+        elif kind == "fifty_by_seq":
+            await fetcher.request({"seq": rng.randrange(1, max(2, last_seq - SMALL_ROOM)), "batch": SMALL_ROOM})
         else:
             await nc.request(api, b'{"seq": %d}' % rng.randint(1, last_seq), timeout=10)
 

@@ -127,6 +127,12 @@ class RoomFetcher:
             del self._waiting[token]
         return fetch
 
+    async def request(self, request: dict[str, object]) -> Batch:
+        """Any batched direct get (`batch` set, so that its end is marked): what the bench's cost
+        table measures beside the kinds the edge sends."""
+        got = await self._request("", request)
+        return Batch(got.messages, got.pending)
+
     async def fetch(self, room: str, after: int, batch: int, up_to: int | None = None, max_bytes: int = 0) -> Batch:
         """Up to `batch` messages of `room` with seq > `after` (and <= `up_to` when given),
         and, when `max_bytes` is set, about that many bytes at most (always at least one message).
