@@ -80,7 +80,7 @@ async def _publish_at(run: Run, room: str, rate: float, seconds: float, payload:
 async def _step(run: Run, rate: float, seconds: float, payload: str) -> dict[str, Any]:
     """One fan-out step: publish, let the backlog drain (up to `seconds` more), count."""
     await run.each("reset")
-    cpu_before, started = run.cpu(), time.monotonic()
+    cpu_before, loadgen_before, started = run.cpu(), run.loadgen_cpu(), time.monotonic()
     sent = await _publish_at(run, "fanout.all", rate, seconds, payload)
     members = (await run.stats())["connected"]
     for _ in range(int(seconds * 10)):
@@ -88,6 +88,7 @@ async def _step(run: Run, rate: float, seconds: float, payload: str) -> dict[str
             break
         await asyncio.sleep(0.1)
     elapsed, cpu = time.monotonic() - started, run.cpu() - cpu_before
+    loadgen_cpu = run.loadgen_cpu() - loadgen_before
     stats = await run.stats()
     delivered = stats["deliveries"]
     return {
@@ -97,6 +98,7 @@ async def _step(run: Run, rate: float, seconds: float, payload: str) -> dict[str
         "delivered_fraction": round(delivered / max(sent * members, 1), 3),
         "cpu_us_per_delivery": round(cpu / max(delivered, 1) * 1e6, 3),
         "cpu_busy": round(cpu / elapsed, 2),
+        "loadgen_cpu_busy": round(loadgen_cpu / elapsed, 2),
         "wire_bytes_per_delivery": round(stats["wire_bytes"] / max(delivered, 1), 1),
         **hist.summary(stats["histogram"]),
     }

@@ -117,6 +117,11 @@ class Run:
     def cpu(self) -> float:
         return procstat.cpu_seconds(self.system.server_pids())
 
+    def loadgen_cpu(self) -> float:
+        """The load generators' CPU seconds: on a shared machine, what they leave the system tells
+        whether a step saturated the system or its clients."""
+        return procstat.cpu_seconds(g.process.pid for g in self.generators)
+
     def infra_cpu(self) -> float:
         return procstat.cpu_seconds(self.system.infra_pids())
 

@@ -978,6 +978,11 @@ def _stream_pair(summary: dict[str, Any], keys: tuple[str, ...] = ("p50_ms", "p9
     return " / ".join(_fmt(summary.get(k)) for k in keys)
 
 
+def _busy_pair(fanout: dict[str, Any]) -> str | None:
+    server, loadgen = fanout.get("cpu_busy_saturation"), fanout.get("loadgen_cpu_busy_saturation")
+    return None if server is None or loadgen is None else f"{server:g} / {loadgen:g}"
+
+
 def stream_section(result: dict[str, Any]) -> list[str]:
     """Issue 16's scenario: HTTP stream sessions beside WebSocket connections, its targets, the variants."""
     heartbeat = result.get("heartbeat") or DEFAULT_SETTINGS.heartbeat
@@ -1077,6 +1082,19 @@ def stream_section(result: dict[str, Any]) -> list[str]:
         summary.get("cpu_ratio_saturation"),
         f"≤ {cpu_target.get('goal', TARGET_STREAM_CPU_RATIO):g}x",
         _met(bool(cpu_target.get("met")), cpu_target.get("measured")),
+    )
+    same = summary.get("cpu_ratio_same_rate") or {}
+    if same:
+        row(
+            f"fan-out: CPU per delivery at the highest rate both ran ({_fmt(same.get('rate'))} msg/s), ratio",
+            None,
+            None,
+            same.get("ratio"),
+        )
+    row(
+        "fan-out at saturation: cores busy, server / load generators",
+        _busy_pair(fws),
+        _busy_pair(fst),
     )
     row(
         "fan-out: deliveries/s at saturation (publish rate, msg/s)",

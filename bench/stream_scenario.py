@@ -162,6 +162,8 @@ async def _fanout(run: Run, scale: Scale, transport: str) -> dict[str, Any]:
         "deliveries_per_s_saturation": top["deliveries_per_s"],
         "saturation_rate": top["rate"],
         "p99_ms_saturation": top.get("p99_ms"),
+        "cpu_busy_saturation": top.get("cpu_busy"),
+        "loadgen_cpu_busy_saturation": top.get("loadgen_cpu_busy"),
         "steps": steps,
         "closes": _since(stats["closes"], start["closes"]),
         "errors": _since(stats["errors"], start["errors"]),
@@ -194,6 +196,23 @@ def _div(a: Any, b: Any) -> float | None:
     return round(a / b, 3)
 
 
+def _same_rate(ws_steps: list[dict[str, Any]], stream_steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU per delivery, stream over WebSocket, at the highest publish rate both transports ran:
+    each one's saturation may be another rate, and a higher rate writes more per flush pass,
+    which alone makes a delivery cheaper."""
+    ws_by_rate = {s["rate"]: s for s in ws_steps}
+    common = [s for s in stream_steps if s["rate"] in ws_by_rate]
+    if not common:
+        return {}
+    top = max(common, key=lambda s: s["rate"])
+    ws = ws_by_rate[top["rate"]]
+    return {
+        "rate": top["rate"],
+        "ratio": _div(top.get("cpu_us_per_delivery"), ws.get("cpu_us_per_delivery")),
+        "delivered_fraction": [ws.get("delivered_fraction"), top.get("delivered_fraction")],
+    }
+
+
 def _by(rows: list[dict[str, Any]], transport: str, posts: str | None = None) -> dict[str, Any]:
     return next((r for r in rows if r["transport"] == transport and (posts is None or r.get("posts") == posts)), {})
 
@@ -221,7 +240,7 @@ async def stream(system: str, scale: Scale) -> dict[str, Any]:
     idle_ws, idle_stream = _by(idle, "websocket"), _by(idle, "stream", "keepalive")
     idle_alone = _by(idle, "stream", "close")
     fan_ws, fan_stream = _by(fanout, "websocket"), _by(fanout, "stream")
-    summary = {
+    summary: dict[str, Any] = {
         "rss_ratio": _div(idle_stream.get("rss_kb_per_conn"), idle_ws.get("rss_kb_per_conn")),
         "rss_ratio_connected": _div(
             idle_stream.get("rss_kb_per_conn_connected"), idle_ws.get("rss_kb_per_conn_connected")
@@ -234,6 +253,7 @@ async def stream(system: str, scale: Scale) -> dict[str, Any]:
         "cpu_ratio_10_msg_s": _div(
             fan_stream.get("cpu_us_per_delivery_10_msg_s"), fan_ws.get("cpu_us_per_delivery_10_msg_s")
         ),
+        "cpu_ratio_same_rate": _same_rate(fan_ws.get("steps", []), fan_stream.get("steps", [])),
         "chat_cpu_ratio": _div(
             _by(chat, "stream").get("cpu_us_per_delivery"), _by(chat, "websocket").get("cpu_us_per_delivery")
         ),
