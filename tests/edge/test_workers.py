@@ -30,7 +30,8 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+async def _two_workers(nats_server: EmbeddedNats, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`jetsock serve --workers 2` on `nats_server`, both workers started and ready: (supervisor, port, log)."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")},
@@ -49,6 +50,15 @@ async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNat
             while len(_descendants(proc.pid)) < 2:
                 await asyncio.sleep(0.1)
         await wait_ready(f"http://127.0.0.1:{port}", proc)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, port, log
+
+
+async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    proc, port, log = await _two_workers(nats_server, tmp_path)
+    try:
         await asyncio.sleep(1.0)  # both workers listening
         clients = [await connect(f"ws://127.0.0.1:{port}/ws", f"u{i}") for i in range(24)]
         nodes = {c.welcome["node"] for c in clients}  # type: ignore[index]
@@ -81,24 +91,8 @@ async def test_two_workers_share_the_port_and_the_rooms(nats_server: EmbeddedNat
 
 async def test_a_stop_during_a_restart_pause_starts_no_replacement(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     """SIGTERM while the supervisor waits to restart a dead worker: it stops, with no worker left behind."""
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("JETSOCK_")},
-        "JETSOCK_NATS_URL": nats_server.url,
-        "JETSOCK_JWT_SECRET": SECRET,
-        "JETSOCK_PORT": str(port),
-        "JETSOCK_DRAIN_SECONDS": "0.5",
-    }
-    log = tmp_path / "workers.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [JETSOCK, "serve", "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc, _port, log = await _two_workers(nats_server, tmp_path)
     try:
-        async with asyncio.timeout(30):
-            while len(_descendants(proc.pid)) < 2:
-                await asyncio.sleep(0.1)
-        await wait_ready(f"http://127.0.0.1:{port}", proc)
         first, second = sorted(_descendants(proc.pid))[:2]
         os.kill(first, signal.SIGKILL)
         async with asyncio.timeout(10):
