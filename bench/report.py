@@ -1085,14 +1085,10 @@ def stream_section(result: dict[str, Any]) -> list[str]:
     )
     same = summary.get("cpu_ratio_same_rate") or {}
     if same:
-        at_rate = [
-            next((s.get("cpu_us_per_delivery") for s in f.get("steps", []) if s.get("rate") == same.get("rate")), None)
-            for f in (fws, fst)
-        ]
         row(
             f"fan-out: server CPU per delivery at the highest rate both ran ({_fmt(same.get('rate'))} msg/s), µs",
-            at_rate[0],
-            at_rate[1],
+            same.get("websocket_cpu_us_per_delivery"),
+            same.get("stream_cpu_us_per_delivery"),
             same.get("ratio"),
         )
     row(

@@ -208,6 +208,8 @@ def _same_rate(ws_steps: list[dict[str, Any]], stream_steps: list[dict[str, Any]
     ws = ws_by_rate[top["rate"]]
     return {
         "rate": top["rate"],
+        "websocket_cpu_us_per_delivery": ws.get("cpu_us_per_delivery"),
+        "stream_cpu_us_per_delivery": top.get("cpu_us_per_delivery"),
         "ratio": _div(top.get("cpu_us_per_delivery"), ws.get("cpu_us_per_delivery")),
         "delivered_fraction": [ws.get("delivered_fraction"), top.get("delivered_fraction")],
     }
