@@ -28,8 +28,8 @@ What those requests cost nats-server (bench/, `direct_get_costs`: 1,000,000 mess
 10,000 rooms, each room spread through the whole stream, nats-server 2.15, file store): a
 room's first or last message and a message by seq cost 0.1-0.3 ms of its CPU, because it
 jumps to them (its per-subject index knows a subject's first and last, and a seq is an
-offset); a room's next message after an arbitrary seq costs ~2.6 ms and a read of a small
-room's 50 messages ~27 ms, because the file store finds a subject's next message by scanning
+offset); a room's next message after an arbitrary seq costs 2.2-2.6 ms and a read of a small
+room's 50 messages 17-27 ms (two runs), because the file store finds a subject's next message by scanning
 its block from the given seq, message by message, and knows nothing finer than a subject's
 first and last per 8 MB block. So a count probe and the forward read cost about the number
 of the stream's messages between the room's (all of them, for a room spread through it), not
