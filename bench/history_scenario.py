@@ -40,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from nats.js import JetStreamContext
 
 from bench import hist, profile
 from bench.conductor import Run, progress, running
 from bench.loadgen import _draw
-from bench.systems import Jetsock
+from bench.systems import HOST, SECRET, Jetsock
+from core.auth import make_token
 from core.fetch import Batch, RoomFetcher
 from core.history import HistoryReader
 from core.rooms import room_subject
@@ -151,6 +153,46 @@ async def load_stream(js: JetStreamContext, layout: Layout, window: int, label: 
         "msg_per_s": round(rate),
         "last_seq": last_seq,
         "stream_bytes": info.state.bytes,
+    }
+
+
+WARM_IDLE = 0.05
+"""Edge CPU seconds per second under which the workers' history caches are taken as filled."""
+
+
+WARM_REQUESTS = 32
+"""HTTP pages asked, each on a connection of its own, to start every worker's history cache (a
+worker's follower starts at its first history read; the kernel spreads connections over workers)."""
+
+
+async def warm_up(run: Run, label: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Every edge worker's history cache started (by a history read) and filled with the loaded
+    stream: their followers read it as fast as they can, then go idle (CPU under WARM_IDLE for a
+    second). The time and the CPU that took."""
+    progress(f"{label}: filling the edges' history caches")
+    started, cpu_started = time.monotonic(), run.cpu()
+    nats_started = run.infra_cpu()
+    headers = {"Authorization": "Bearer " + make_token(SECRET, "warm", [">"], [])}
+    url = f"http://{HOST}:{run.system.port}/v1/rooms/{PREFIX}0/messages?limit=1"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(WARM_REQUESTS):
+            async with http.get(url, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"a history page to start the caches: {response.status}")
+    before = run.cpu()
+    while time.monotonic() - started < timeout:
+        await asyncio.sleep(1.0)
+        now = run.cpu()
+        if now - before < WARM_IDLE:
+            break
+        before = now
+    seconds = time.monotonic() - started
+    return {
+        "seconds": round(seconds, 1),
+        "edge_cpu_s": round(run.cpu() - cpu_started, 2),
+        "nats_cpu_s": round(run.infra_cpu() - nats_started, 2),
+        "timed_out": seconds >= timeout,
     }
 
 
@@ -443,14 +485,21 @@ async def history(system: str, scale: Scale) -> dict[str, Any]:
     layout = Layout(scale.history_rooms, scale.history_messages)
     label = f"history {system}"
     clients = max(scale.history_readers, scale.history_joiners)
-    async with running(system, WORKERS, clients, label) as run:
+    # Each edge worker's history cache holds the whole stream (core/tailcache.py): pages and
+    # joins are then answered from memory, which the report's figures are about.
+    cache = {"JETSOCK_HISTORY_CACHE_MESSAGES": str(layout.messages + 1000)}
+    async with running(system, WORKERS, clients, label, env=cache) as run:
         jetsock = run.system
         if not isinstance(jetsock, Jetsock) or jetsock.js is None:
             raise ValueError(f"the history scenario runs against jetsock, not {system}")
         assert jetsock.nc is not None
         js = jetsock.nc.jetstream(publish_async_max_pending=2 * scale.history_window)
+        rss_before = run.rss_kb()
         loaded = await load_stream(js, layout, scale.history_window, label)
-        await asyncio.sleep(1.0)
+        warm = await warm_up(run, label)
+        held_kb = run.rss_kb() - rss_before
+        warm["edge_rss_mb"] = round(run.rss_kb() / 1024, 1)
+        warm["edge_rss_bytes_per_message"] = round(held_kb * 1024 / max(layout.messages, 1) / WORKERS)
         progress(f"{label}: the nats-server cost of each kind of direct get, {scale.history_cost_requests} each")
         costs = await direct_get_costs(run, layout, loaded["last_seq"], scale.history_cost_requests)
         pages = await pages_phase(run, scale, layout, loaded["last_seq"])
@@ -478,7 +527,10 @@ async def history(system: str, scale: Scale) -> dict[str, Any]:
                 "met": storm_s is not None and storm_s <= TARGET_STORM_S,
             },
         },
+        "cache_fill_s": warm["seconds"],
+        "cache_fill_edge_cpu_us_per_message": round(warm["edge_cpu_s"] / max(layout.messages, 1) * 1e6, 1),
         "load": loaded,
+        "cache_fill": warm,
         "direct_get_costs": costs,
         "pages": pages,
         "storm": storm,

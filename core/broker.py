@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -23,13 +23,14 @@ from nats.js.errors import NoStreamResponseError
 from core.feed import FeedListener, LiveFeeds
 from core.fetch import Batch, FetchError, RoomFetcher
 from core.health import PROBE_INTERVAL, BrokerHealth
-from core.history import HistoryReader, Page
+from core.history import ENVELOPE_BYTES, HistoryReader, Page
 from core.natsconn import PlainTextRefused, StrictTlsClient, connect_options
 from core.position import Position
 from core.rooms import room_subject
 from core.settings import Settings
 from core.stored import FROM_HEADER, ID_HEADER, MSG_ID_HEADER, StoredMessage
 from core.stream import ensure_stream, epoch_of
+from core.tailcache import TailCache
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,23 @@ class Replay:
         """The replay sends the messages after this seq (up to its upper bound)."""
         return self._after
 
+    @classmethod
+    def held(cls, messages: list[StoredMessage], upper: int, max_bytes: int) -> Replay:
+        """A replay of messages already in memory (the history cache's): sent in batches bounded
+        like those read from the stream, so the client paces it the same way."""
+        after = messages[0].seq - 1 if messages else upper
+        replay = cls(True, messages, after, upper=upper, max_bytes=max_bytes)
+        replay.count = len(messages)
+        return replay
+
     async def batches(self) -> AsyncIterator[list[StoredMessage]]:
         """Every message in (since, upper]; `upper` is a room message's seq (the
         node's cursor), so a complete replay ends exactly on it. Direct gets are
         answered by any replica, and one may lag: a short read is retried."""
+        if self._fetcher is None:
+            for chunk in _chunks(self._first, REPLAY_BATCH, self._max_bytes):
+                yield chunk
+            return
         batch, last, lagging = self._first, self._after, 0
         while True:
             if batch:
@@ -142,6 +156,19 @@ class Replay:
             except FetchError as exc:
                 raise Unavailable(str(exc)) from None
             batch = got.messages
+
+
+def _chunks(messages: list[StoredMessage], count: int, max_bytes: int) -> Iterator[list[StoredMessage]]:
+    """`messages` in runs of at most `count` and about `max_bytes` (at least one each; 0: no bound)."""
+    start, size = 0, 0
+    for i, message in enumerate(messages):
+        add = len(message.data) + ENVELOPE_BYTES
+        if i > start and (i - start >= count or (max_bytes and size + add > max_bytes)):
+            yield messages[start:i]
+            start, size = i, 0
+        size += add
+    if start < len(messages):
+        yield messages[start:]
 
 
 def redacted(url: str) -> str:
@@ -174,6 +201,8 @@ class Broker:
         self._closing = False
         self.replay_slots = ReplaySlots(settings.max_concurrent_replays)
         self._history: HistoryReader | None = None
+        self.tail: TailCache | None = None
+        """The stream's newest messages in memory (None when `history_cache_messages` is 0)."""
         self.reconnect_listeners: list[Callable[[], None]] = []
         """Called after every NATS reconnect (presence resyncs then)."""
         self.health = BrokerHealth(settings.nats_unready_after)
@@ -226,6 +255,23 @@ class Broker:
         self._feeds.note_stored(info.state.last_seq)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._audit_loop()), loop.create_task(self._probe_loop())]
+        if settings.history_cache_messages > 0:
+            self.tail = TailCache(
+                self._fetcher,
+                self._stream_state,
+                settings.history_cache_messages,
+                settings.max_msgs_per_room,
+                settings.max_age,
+            )
+            self._tasks.append(loop.create_task(self.tail.run()))
+
+    async def _stream_state(self) -> tuple[str, int, int]:
+        assert self._js is not None
+        try:
+            info = await self._js.stream_info(self.settings.stream)
+        except Exception as exc:
+            raise FetchError(f"stream info failed: {exc}") from None
+        return epoch_of(info), info.state.first_seq, info.state.last_seq
 
     async def close(self) -> None:
         self._closing = True
@@ -260,6 +306,11 @@ class Broker:
             return {"malformed": 0, "unconfirmed": 0, "rebased": 0}
         malformed = feeds.malformed + self.fetcher.malformed
         return {"malformed": malformed, "unconfirmed": feeds.unconfirmed, "rebased": feeds.rebases}
+
+    def history_cache_figures(self) -> tuple[int, int, int]:
+        """(messages the history cache holds, reads answered from it, reads it left to the stream)."""
+        tail = self.tail
+        return (len(tail), tail.hits, tail.misses) if tail is not None else (0, 0, 0)
 
     @property
     def fetcher(self) -> RoomFetcher:
@@ -297,6 +348,8 @@ class Broker:
             return
         log.warning("stream %s was recreated (epoch %s -> %s)", self.settings.stream, self.epoch, epoch)
         self.epoch = epoch
+        if self.tail is not None:
+            self.tail.reset(epoch, -1, 0)
         for room in self.feeds.rooms():
             head = await self.fetcher.head(room)
             self.feeds.rebase(room, head)
@@ -473,6 +526,10 @@ class Broker:
         if upper <= 0:
             return Replay(True)
         max_bytes = max(1, self.settings.max_pending_bytes // 4)
+        if self.tail is not None:
+            held = await self.tail.answer(room, n, upper + 1, upper)
+            if held is not None:
+                return Replay.held(held.messages, upper, max_bytes)
         try:
             window = await self.history.start_of_last(room, n, upper, read_bytes=max_bytes)
             if window.keep == 0:
@@ -495,6 +552,10 @@ class Broker:
             upper = head + 1 if before is None else min(before, head + 1)
             if head == 0:
                 return Page([], False, 0, 0)
+            if self.tail is not None:
+                held = await self.tail.answer(room, limit, upper, upper - 1, self.settings.history_page_bytes)
+                if held is not None:
+                    return Page(held.messages, held.more, 0, 0)
             return await self.history.page(room, upper, limit, self.settings.history_page_bytes)
         except FetchError as exc:
             raise Unavailable(str(exc)) from None

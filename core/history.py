@@ -38,9 +38,9 @@ of 50 from being served at 200/s on two cores. Fewer probes would not change it,
 walking back with `multi_last` and `up_to_seq` (a room's newest message at or before a random
 seq costs ~1.7 ms: the same scan). What the store does cheaply is reading in seq order: 50
 consecutive messages of any rooms cost ~0.27 ms (5 us a message), one by seq ~0.07 ms. So a
-page fetched by seq from an index of the room's seqs (~3.5 ms for 50), or many joins' newest
-messages taken from one sequential read of the stream's tail, would meet the targets; reading
-by subject cannot (see the note of issue 14).
+node first asks its history cache (core/tailcache.py), which follows the stream in seq order
+and answers pages and `last` windows from memory; what it cannot prove (messages older than
+it holds, a follower behind) is read here, by subject.
 
 Messages stored meanwhile. A room written while it is read shifts every later count by what
 was appended since (all of it at or after `before`): count_t(x) = c(x) + a(t), with c(x) the

@@ -169,6 +169,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             " messages and says `more: true` (a join's `last` replay is paced like any replay instead)."
         ),
     ] = 262144
+    history_cache_messages: Annotated[
+        int,
+        _doc(
+            "Newest messages of the stream each node keeps in memory, by room, to answer history pages and"
+            " joins with `last` without reading the stream by subject, from its first history read until 10"
+            " minutes without one (0: none, every page is read from the stream)."
+        ),
+    ] = 100000
     history_rate: Annotated[float, _doc("History requests per second per connection (refill rate).")] = 10.0
     history_burst: Annotated[int, _doc("History requests a connection may send at once.")] = 20
     presence_rooms: Annotated[

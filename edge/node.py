@@ -85,6 +85,7 @@ class Node:
                 live_refused=self.broker.refused_live,
                 sockets_refused=self.admission.refusals,
                 presence=self.presence.figures,
+                history_cache=self.broker.history_cache_figures,
                 deflate=lambda: (
                     self.deflate.counters.messages,
                     self.deflate.counters.raw_bytes,

@@ -50,6 +50,8 @@ class NodeGauges:
     """Sockets refused or dropped before authenticating, by reason."""
     deflate: Callable[[], tuple[int, int, int]]
     """(room messages compressed, their payload bytes, their compressed bytes): once per message per node."""
+    history_cache: Callable[[], tuple[int, int, int]]
+    """(messages the history cache holds, reads it answered, reads it left to the stream)."""
     presence: Callable[[], tuple[int, int, int, int, int]]
     """(present users, present connections) summed over presence rooms, as this node sees the
     cluster; `presence` frames pushed; presence messages sent and received over NATS."""
@@ -115,6 +117,22 @@ class Metrics:
             "jetsock.sockets.refused",
             callbacks=[by_reason(gauges.sockets_refused)],
             description="Sockets refused at accept (per-source and budget caps) or dropped at the handshake deadline",
+        )
+        meter.create_observable_gauge(
+            "jetsock.history.cache.messages",
+            callbacks=[_one(lambda: gauges.history_cache()[0])],
+            description="Newest stream messages this node holds for history pages and joins with last",
+        )
+
+        def cache_reads(_options: CallbackOptions) -> Iterable[Observation]:
+            _, hits, misses = gauges.history_cache()
+            yield Observation(hits, {"jetsock.answer": "cache"})
+            yield Observation(misses, {"jetsock.answer": "stream"})
+
+        meter.create_observable_counter(
+            "jetsock.history.cache.reads",
+            callbacks=[cache_reads],
+            description="History pages and last windows answered from the cache, or read from the stream by subject",
         )
         meter.create_observable_counter(
             "jetsock.deflate.messages",

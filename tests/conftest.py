@@ -90,13 +90,40 @@ def edge_settings(nats_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def make_edge(nats_server: EmbeddedNats) -> AsyncIterator[Any]:
+def history_cache_messages() -> int:
+    """The history cache of the edges `make_edge` starts (its default size, unless a test sets its own)."""
+    return Settings().history_cache_messages
+
+
+BOTH_HISTORY_SOURCES = pytest.mark.parametrize(
+    ("history_cache_messages", "warm_history_cache"), [(100_000, True), (0, False)], ids=["cache", "stream"]
+)
+"""Runs a test twice: history answered from the node's cache (core/tailcache.py; filled when the
+edge starts, not at the first read), and read from the stream by subject with the cache off
+(core/history.py)."""
+
+
+@pytest.fixture
+def warm_history_cache() -> bool:
+    """Whether `make_edge` fills each edge's history cache before handing it over (by default the
+    cache starts at the edge's first history read, which itself goes to the stream)."""
+    return False
+
+
+@pytest.fixture
+async def make_edge(
+    nats_server: EmbeddedNats, history_cache_messages: int, warm_history_cache: bool
+) -> AsyncIterator[Any]:
     edges: list[Edge] = []
 
     async def factory(**overrides: Any) -> Edge:
+        overrides.setdefault("history_cache_messages", history_cache_messages)
         settings = edge_settings(nats_server.url, **overrides)
         edge = await Edge(settings, settings.nats_servers).start()
         edges.append(edge)
+        tail = edge.node.broker.tail
+        if warm_history_cache and tail is not None:
+            assert await tail.filled(timeout=10), "the history cache did not reach the stream's tail"
         return edge
 
     yield factory

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from core.fetch import Batch
 from core.history import MAX_PROBES, HistoryReader, Probe, find_window
 from core.stored import StoredMessage
-from tests.conftest import Edge
+from tests.conftest import BOTH_HISTORY_SOURCES, Edge
 from tests.edge.checker import stored_seqs
 
 
@@ -184,6 +184,7 @@ async def test_a_quiet_room_costs_one_direct_get_more_for_last_and_none_for_a_pa
 # --- against a real nats-server -------------------------------------------------------
 
 
+@BOTH_HISTORY_SOURCES
 async def test_history_pages_walk_back_over_interleaved_rooms(edge: Edge, backend: Any) -> None:
     js = backend.jetstream()
     rooms = ["hist.a", "hist.b", "hist.c"]
@@ -208,6 +209,7 @@ async def test_history_pages_walk_back_over_interleaved_rooms(edge: Edge, backen
         assert [s for p in reversed(pages) for s in p] == stored, room
 
 
+@BOTH_HISTORY_SOURCES
 async def test_a_page_is_bounded_in_bytes_and_says_more(make_edge: Any, backend: Any) -> None:
     edge = await make_edge(history_page_bytes=20_000)
     js = backend.jetstream()
@@ -219,6 +221,7 @@ async def test_a_page_is_bounded_in_bytes_and_says_more(make_edge: Any, backend:
     assert [m.seq for m in page.messages] == stored[-len(page.messages) :], "cut to the newest"
 
 
+@BOTH_HISTORY_SOURCES
 async def test_an_empty_or_unknown_room_has_an_empty_page(edge: Edge) -> None:
     page = await edge.node.broker.history_page("nobody.here", None, 10)
     assert (page.messages, page.more) == ([], False)

@@ -41,6 +41,8 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "jetsock_history_requests_total": ("counter", frozenset({"jetsock_transport"})),
     "jetsock_history_messages_total": ("counter", frozenset({"jetsock_transport"})),
     "jetsock_history_duration_seconds": ("histogram", frozenset({"jetsock_transport"})),
+    "jetsock_history_cache_messages": ("gauge", frozenset()),
+    "jetsock_history_cache_reads_total": ("counter", frozenset({"jetsock_answer"})),
     "jetsock_presence_users": ("gauge", frozenset()),
     "jetsock_presence_connections": ("gauge", frozenset()),
     "jetsock_presence_events_total": ("counter", frozenset()),

@@ -3,7 +3,8 @@
 `join` with `last` (the newest messages through the join seam, `joined.replayed`), the
 `history` frame (pages back to the first message, rights, bad values, rate limit,
 expired messages, the byte bound), `GET /v1/rooms/<room>/messages` (the same page over
-HTTP) and the history metrics. What clients receive is checked against what the stream
+HTTP) and the history metrics, each from the node's cache and from the stream (the
+`make_edge` fixture below). What clients receive is checked against what the stream
 stored, read straight from it (tests/edge/checker.py).
 """
 
@@ -20,11 +21,15 @@ import pytest
 
 from core.embedded import EmbeddedNats
 from schemas.frames import MAX_SEQ
-from tests.conftest import Client, Edge, connect, token
+from tests.conftest import BOTH_HISTORY_SOURCES, Client, Edge, connect, token
 from tests.edge.checker import check_exact, stored_messages, stored_seqs
 from tests.edge.test_observability import scrape, value
 
 Frame = dict[str, Any]
+
+# Every test twice: pages and `last` windows answered from the node's history cache
+# (core/tailcache.py, the default), and read from the stream by subject (core/history.py).
+pytestmark = BOTH_HISTORY_SOURCES
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -682,4 +687,9 @@ async def test_history_metrics_count_each_transport(edge: Edge, backend: Any) ->
         assert value(samples, "jetsock_history_requests_total", jetsock_transport=transport) == 1
         assert value(samples, "jetsock_history_messages_total", jetsock_transport=transport) == messages
         assert value(samples, "jetsock_history_duration_seconds_count", jetsock_transport=transport) == 1
+    cached = edge.settings.history_cache_messages > 0
+    # The two pages, and nothing else, from the cache when it is on; neither counted when it is off.
+    assert value(samples, "jetsock_history_cache_reads_total", jetsock_answer="cache") == (2 if cached else 0)
+    assert value(samples, "jetsock_history_cache_reads_total", jetsock_answer="stream") == 0
+    assert value(samples, "jetsock_history_cache_messages") == (12 + 4 if cached else 0)
     await client.close()
