@@ -487,7 +487,7 @@ async def history(system: str, scale: Scale) -> dict[str, Any]:
     clients = max(scale.history_readers, scale.history_joiners)
     # Each edge worker's history cache holds the whole stream (core/tailcache.py): pages and
     # joins are then answered from memory, which the report's figures are about.
-    cache = {"JETSOCK_HISTORY_CACHE_MESSAGES": str(layout.messages + 1000)}
+    cache = {"JETSOCK_HISTORY_CACHE_MESSAGES": str(layout.messages + 1000), "JETSOCK_HISTORY_CACHE_BYTES": "0"}
     async with running(system, WORKERS, clients, label, env=cache) as run:
         jetsock = run.system
         if not isinstance(jetsock, Jetsock) or jetsock.js is None:
@@ -498,6 +498,7 @@ async def history(system: str, scale: Scale) -> dict[str, Any]:
         loaded = await load_stream(js, layout, scale.history_window, label)
         warm = await warm_up(run, label)
         held_kb = run.rss_kb() - rss_before
+        warm["workers"] = WORKERS
         warm["edge_rss_mb"] = round(run.rss_kb() / 1024, 1)
         warm["edge_rss_bytes_per_message"] = round(held_kb * 1024 / max(layout.messages, 1) / WORKERS)
         progress(f"{label}: the nats-server cost of each kind of direct get, {scale.history_cost_requests} each")

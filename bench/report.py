@@ -578,15 +578,18 @@ def history_section(result: dict[str, Any]) -> list[str]:
         ]
     fill = result.get("cache_fill") or {}
     if fill:
+        workers = fill.get("workers", 1)
+        per_worker = fill["edge_cpu_s"] / workers / max(load.get("messages", 1), 1) * 1e6
         lines += [
-            "Pages and joins are answered from each edge worker's history cache (core/tailcache.py, sized here to"
-            " hold the whole stream): the worker follows the stream in seq order, which costs nats-server ~5 µs a"
-            " message, where reading a room by subject costs it a scan of the stream (the cost table below)."
-            f" After the load, the caches were filled in {fill['seconds']:.1f} s more"
-            f" ({fill['edge_cpu_s']:.1f} s of edge CPU and {fill['nats_cpu_s']:.1f} s of nats-server CPU);"
-            f" over the whole stream, **{result.get('cache_fill_edge_cpu_us_per_message')} µs of edge CPU a"
-            " message** at most (what each worker pays for each message stored, beside its deliveries), and"
-            f" {fill.get('edge_rss_bytes_per_message', '?')} bytes of each worker's memory a message held.",
+            f"Pages and joins are answered from each of the {workers} edge workers' history caches"
+            " (core/tailcache.py, sized here to hold the whole stream): a worker follows the stream in seq"
+            " order, which costs nats-server ~5 µs a message, where reading a room by subject costs it a scan"
+            " of the stream (the cost table below). The caches start at a worker's first history read; started"
+            f" after the load, they were filled in {fill['seconds']:.1f} s ({fill['edge_cpu_s']:.1f} s of edge"
+            f" CPU, {fill['nats_cpu_s']:.1f} s of nats-server CPU): **{per_worker:.0f} µs of a worker's CPU per"
+            " message stored** (what every worker serving history pays for each message, beside its"
+            f" deliveries), and {fill.get('edge_rss_bytes_per_message', '?')} bytes of its memory per message"
+            " held.",
             "",
         ]
     p99, storm_s = result.get("p99_ms"), result.get("storm_s")
@@ -639,8 +642,9 @@ def history_section(result: dict[str, Any]) -> list[str]:
     if latency:
         lines += [
             "By kind of page (`big`: rooms of the big tier, found by interpolation search; `small`: one read;"
-            " `head`: no `before`; `before`: drawn over the stream). Requests counted in-process,"
-            " one direct get each: the head, the counts, the search steps, the forward read.",
+            " `head`: no `before`; `before`: drawn over the stream). Latency is the edge's (from its cache);"
+            " the requests are those the same pages cost read from the stream (the cache off), counted"
+            " in-process, one direct get each: the head, the counts, the search steps, the forward read.",
             "",
             "| kind | pages | p50, ms | p99, ms | requests per page, mean | max | count probes, mean |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -262,6 +262,7 @@ class Broker:
                 settings.history_cache_messages,
                 settings.max_msgs_per_room,
                 settings.max_age,
+                max_bytes=settings.history_cache_bytes,
             )
             self._tasks.append(loop.create_task(self.tail.run()))
 

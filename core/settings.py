@@ -177,6 +177,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             " minutes without one (0: none, every page is read from the stream)."
         ),
     ] = 100000
+    history_cache_bytes: Annotated[
+        int,
+        _doc(
+            "Most payload bytes the history cache holds (its oldest go first past it; the node's memory for the"
+            " cache is about this plus 250 bytes a message); 0: bounded by history_cache_messages only."
+        ),
+    ] = 67108864
     history_rate: Annotated[float, _doc("History requests per second per connection (refill rate).")] = 10.0
     history_burst: Annotated[int, _doc("History requests a connection may send at once.")] = 20
     presence_rooms: Annotated[

@@ -5,7 +5,8 @@ between them (core/history.py, and the cost table of bench/history_scenario.py):
 its CPU per page of 50 on a 1,000,000-message stream over 10,000 rooms, which caps pages
 near 140/s on two cores. Reading the stream in seq order costs it ~5 us a message. So every
 node follows the stream's tail in seq order (batched direct gets over every subject, no
-consumer) and keeps its newest `history_cache_messages` messages, by room. A history page
+consumer) and keeps its newest `history_cache_messages` messages (and at most
+`history_cache_bytes` of their payloads), by room. A history page
 then costs nats-server one direct get (the room's head, which it jumps to), and a join
 with `last` none beyond the join's own.
 
@@ -87,10 +88,14 @@ class TailCache:
         per_room: int,
         max_age: float,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = 0,
     ) -> None:
         self._fetcher = fetcher
         self._stream_state = stream_state
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        """Payload bytes of the messages in `_order`."""
         self._per_room = per_room
         self._max_age_ms = int(max_age * 1000)
         self._clock = clock
@@ -180,6 +185,7 @@ class TailCache:
         """Empty, holding everything stored in [floor, position] (position -1: to be filled)."""
         self._rooms.clear()
         self._order.clear()
+        self._bytes = 0
         self.epoch, self.position, self.floor = epoch, position, floor
         self.caught_up = False
         self._generation += 1
@@ -198,10 +204,13 @@ class TailCache:
                 held = rooms[message.room] = deque()
             held.append(message)
             order.append(message)
+            self._bytes += len(message.data)
             if 0 < per_room < len(held):
                 held.popleft()
-        while len(order) > self._capacity:
+        max_bytes = self._max_bytes
+        while len(order) > self._capacity or (max_bytes and self._bytes > max_bytes and order):
             old = order.popleft()
+            self._bytes -= len(old.data)
             held = rooms.get(old.room)
             if held and held[0] is old:
                 held.popleft()

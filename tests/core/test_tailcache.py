@@ -109,6 +109,7 @@ patterns = st.lists(st.sampled_from(ROOMS), max_size=120)
     before_start=patterns,
     after_start=patterns,
     capacity=st.integers(1, 260),
+    max_bytes=st.sampled_from([0, 0, 200, 1000]),
     per_room=st.sampled_from([-1, 3, 20]),
     n=st.integers(1, 40),
     chunk=st.integers(1, 40),
@@ -119,18 +120,19 @@ async def test_every_answer_is_the_streams_and_it_declines_only_below_its_floor(
     before_start: list[str],
     after_start: list[str],
     capacity: int,
+    max_bytes: int,
     per_room: int,
     n: int,
     chunk: int,
     seed: int,
 ) -> None:
     """Messages stored before the follower starts and while it runs, over four rooms, with every
-    capacity (evicting or not) and per-room limit: each page is the stream's exactly, `more`
+    capacity in messages and in bytes (evicting or not) and per-room limit: each page is the stream's exactly, `more`
     included, and the cache only declines when its floor hides older messages of the room."""
     await fresh_stream(nc, per_room)
     fetcher = await started(nc)
     last = await publish(nc, before_start)
-    cache = TailCache(fetcher, state_of(nc), capacity, per_room, 0.0)
+    cache = TailCache(fetcher, state_of(nc), capacity, per_room, 0.0, max_bytes=max_bytes)
     async with Following(cache):
         for i in range(0, len(after_start), chunk):
             # In steps the follower reads one by one, so that it holds what the stream later discards.
@@ -151,7 +153,7 @@ async def test_every_answer_is_the_streams_and_it_declines_only_below_its_floor(
                 assert [m.seq for m in got.messages] == older[-n:], (room, before)
                 assert got.more == (len(older) > n), (room, before)
                 assert all(m.room == room for m in got.messages)
-    if capacity >= len(before_start) + len(after_start):
+    if capacity >= len(before_start) + len(after_start) and not max_bytes:
         assert cache.floor == 0 and declined == 0
 
 
