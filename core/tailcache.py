@@ -311,5 +311,10 @@ class TailCache:
             await asyncio.sleep(0.01)
         return True
 
+    @property
+    def held_bytes(self) -> int:
+        """Payload bytes held (what `history_cache_bytes` bounds)."""
+        return self._bytes
+
     def __len__(self) -> int:
         return len(self._order)

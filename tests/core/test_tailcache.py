@@ -153,6 +153,7 @@ async def test_every_answer_is_the_streams_and_it_declines_only_below_its_floor(
                 assert [m.seq for m in got.messages] == older[-n:], (room, before)
                 assert got.more == (len(older) > n), (room, before)
                 assert all(m.room == room for m in got.messages)
+        assert len(cache) <= capacity and (not max_bytes or cache.held_bytes <= max_bytes)
     if capacity >= len(before_start) + len(after_start) and not max_bytes:
         assert cache.floor == 0 and declined == 0
 
