@@ -38,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 from core.fetch import FetchError, RoomFetcher
 from core.history import ENVELOPE_BYTES
@@ -65,6 +67,10 @@ REACH_WAIT = 1.0
 
 StreamState = Callable[[], Awaitable[tuple[str, int, int]]]
 """() -> (epoch, first seq, last seq) of the stream."""
+
+
+def _seq(message: StoredMessage) -> int:
+    return message.seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +293,9 @@ class TailCache:
         oldest_ts = int(self._clock() * 1000) - self._max_age_ms if self._max_age_ms > 0 else None
         picked: list[StoredMessage] = []
         size = 0
-        for message in reversed(held):
-            if message.seq >= before:
-                continue
+        # Those at or after `before` skipped in C: a page deep in a big room costs its own size.
+        newer = len(held) - bisect_left(held, before, key=_seq)
+        for message in islice(reversed(held), newer, None):
             if oldest_ts is not None and message.ts < oldest_ts:
                 break
             if len(picked) == n:
