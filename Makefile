@@ -33,7 +33,14 @@ $(JS_DEPS): clients/js/package.json clients/js/package-lock.json | system-deps
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: $(STAMP) system-deps $(JS_DEPS)
+# The benchmark's Node peer's packages (bench/peer_node_socketio: socket.io, its redis adapter,
+# jsonwebtoken), pinned by its lock; `make test` runs its smoke test.
+NODE_PEER_DEPS := bench/peer_node_socketio/node_modules/.installed
+$(NODE_PEER_DEPS): bench/peer_node_socketio/package.json bench/peer_node_socketio/package-lock.json | system-deps
+	cd bench/peer_node_socketio && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) system-deps $(JS_DEPS) $(NODE_PEER_DEPS)
 	$(BIN)/ruff check core edge schemas deploy/launcher clients/python tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m schemas.clientgen --check
@@ -118,8 +125,8 @@ bench: $(STAMP) bench-deps
 bench-quick: $(STAMP) bench-deps
 	$(BIN)/python -m bench --quick
 
-# The peer's redis-server, from Debian when run as root.
-bench-deps:
+# The peers' redis-server, from Debian when run as root, and the Node peer's packages.
+bench-deps: $(NODE_PEER_DEPS)
 	@if ! command -v redis-server >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \

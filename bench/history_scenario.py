@@ -200,14 +200,16 @@ async def in_msgs(system: Jetsock) -> int:
     return int((await system.varz())["in_msgs"])
 
 
-async def quiet(system: Jetsock, timeout: float) -> bool:
-    """Until nats-server receives nothing for half a second (a backlog of pages served); False at `timeout`."""
+async def quiet(system: Jetsock, timeout: float, idle_rate: float = 0.0) -> bool:
+    """Until nats-server receives no more than its idle rate for half a second (a backlog of pages
+    served; the history caches' followers poll while idle); False at `timeout`."""
     deadline = time.monotonic() + timeout
+    allowance = idle_rate * 0.5 * 2 + 1
     seen = await in_msgs(system)
     while time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         now = await in_msgs(system)
-        if now == seen:
+        if now - seen <= allowance:
             return True
         seen = now
     return False
@@ -361,10 +363,10 @@ async def pages_phase(run: Run, scale: Scale, layout: Layout, last_seq: int) -> 
         ),
     )
     server = await in_msgs(system) - server_before - idle_rate * seconds
-    settled = await quiet(system, 60.0)
-    edge_profile = await _profile(run, scale, layout, last_seq)
+    settled = await quiet(system, 60.0, idle_rate)
+    edge_profile = await _profile(run, scale, layout, last_seq, idle_rate)
     await run.each("close")
-    await quiet(system, 60.0)
+    await quiet(system, 60.0, idle_rate)
     answered = sum(r["answered"] for r in replies)
     by_kind: dict[str, dict[int, int]] = {}
     for reply in replies:
@@ -405,7 +407,7 @@ async def pages_phase(run: Run, scale: Scale, layout: Layout, last_seq: int) -> 
     }
 
 
-async def _profile(run: Run, scale: Scale, layout: Layout, last_seq: int) -> dict[str, Any] | None:
+async def _profile(run: Run, scale: Scale, layout: Layout, last_seq: int, idle_rate: float) -> dict[str, Any] | None:
     """py-spy on one worker during one more stretch of pages at the same rate, apart from the measured one."""
     system = run.system
     assert isinstance(system, Jetsock)
@@ -426,7 +428,7 @@ async def _profile(run: Run, scale: Scale, layout: Layout, last_seq: int) -> dic
             tiers=layout.tiers(),
         )
         recorded = await recording
-        await quiet(system, 60.0)
+        await quiet(system, 60.0, idle_rate)
         return recorded
 
 

@@ -24,10 +24,11 @@ import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyp
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 SCENARIO_ORDER = ["idle", "fanout", "chat", "storm", "churn", "history", "presence", "compression", "stream"]
-SYSTEM_ORDER = ["jetsock", "python-socketio"]
+SYSTEM_ORDER = ["jetsock", "node-socketio", "python-socketio"]
+"""The ratio column compares jetsock with the next system present (Node socket.io when it ran)."""
 EVEN_BAND = 1.05
 """Ratios within 5% either way are reported as even: closer than a shared machine can tell apart."""
-COLORS = {"jetsock": "#1f77b4", "python-socketio": "#d62728"}
+COLORS = {"jetsock": "#1f77b4", "node-socketio": "#2ca02c", "python-socketio": "#d62728"}
 DEFAULT_SETTINGS = Settings()
 
 

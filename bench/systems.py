@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import nats
+import redis.asyncio
 import socketio
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
@@ -218,6 +220,18 @@ class JetsockEdges(Jetsock):
         self.nats.stop()
 
 
+def start_redis(port: int, peer: str) -> subprocess.Popen[bytes]:
+    """A local redis-server, nothing kept on disk: the socket.io peers' adapter between processes."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise RuntimeError(f"the {peer} peer needs redis-server: apt-get install redis-server")
+    return subprocess.Popen(
+        [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+
+
 class PythonSocketIO(System):
     name = "python-socketio"
     protocol = "python-socketio"
@@ -242,14 +256,7 @@ class PythonSocketIO(System):
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     async def start(self) -> None:
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise RuntimeError("the python-socketio peer needs redis-server: apt-get install redis-server")
-        self.redis = subprocess.Popen(
-            [redis_server, "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
+        self.redis = start_redis(self.redis_port, self.name)
         self.processes = [self._start_worker() for _ in range(self.workers)]
         await self.wait_listening(None)
         self.emitter = socketio.AsyncRedisManager(self.redis_url, write_only=True)
@@ -281,6 +288,92 @@ class PythonSocketIO(System):
             process.terminate()
         for process in [*self.processes, *([self.redis] if self.redis else [])]:
             await asyncio.to_thread(process.wait)
+
+
+NODE_PEER = Path(__file__).parent / "peer_node_socketio"
+"""bench/peer_node_socketio: its server.js, and its npm packages once `make bench-deps` installed them."""
+
+
+class NodeSocketIO(System):
+    """Node's socket.io 4 (bench/peer_node_socketio/server.js): the cluster module's primary and
+    its workers (all counted as the server), the redis adapter on a local redis-server, and
+    backends emitting through redis as @socket.io/redis-emitter does. Its clients speak the same
+    Engine.IO 4 / Socket.IO 5 protocol as python-socketio's, so they are the same load generators."""
+
+    name = "node-socketio"
+    protocol = "python-socketio"
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        super().__init__(workdir, workers)
+        self.redis_port = free_port()
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.primary: subprocess.Popen[bytes] | None = None
+        self.emitter: redis.asyncio.Redis | None = None
+
+    async def start(self) -> None:
+        node = shutil.which("node")
+        if node is None or not (NODE_PEER / "node_modules" / ".package-lock.json").exists():
+            raise RuntimeError("the node-socketio peer needs node and its packages: make bench-deps")
+        self.redis = start_redis(self.redis_port, self.name)
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "HOST": HOST,
+            "REDIS_URL": f"redis://{HOST}:{self.redis_port}",
+            "SECRET": SECRET,
+            "WORKERS": str(self.workers),
+            "RESTART_PAUSE": str(RESTART_PAUSE),
+        }
+        with open(self.workdir / "node-peer.log", "ab") as log:
+            self.primary = subprocess.Popen(
+                [node, str(NODE_PEER / "server.js")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+        await self.wait_listening(None)
+        self.emitter = redis.asyncio.Redis(host=HOST, port=self.redis_port)
+
+    def _workers(self) -> list[int]:
+        if self.primary is None or self.primary.poll() is not None:
+            return []
+        try:
+            text = Path(f"/proc/{self.primary.pid}/task/{self.primary.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def server_pids(self) -> list[int]:
+        return (
+            [self.primary.pid] if self.primary is not None and self.primary.poll() is None else []
+        ) + self._workers()
+
+    def infra_pids(self) -> list[int]:
+        assert self.redis is not None
+        return [self.redis.pid]
+
+    async def kill_worker(self) -> None:
+        """SIGKILL one worker (not the primary); the primary forks another after RESTART_PAUSE."""
+        os.kill(self._workers()[0], signal.SIGKILL)
+
+    async def publish(self, room: str, data: dict[str, Any]) -> None:
+        """What @socket.io/redis-emitter sends for `io.to(room).emit("msg", …)`: msgpack of [uid,
+        packet, options] on the adapter's channel for that room."""
+        packet = {"type": 2, "data": ["msg", {"room": room, **data}], "nsp": "/"}
+        options = {"rooms": [room], "except": [], "flags": {}}
+        assert self.emitter is not None
+        await self.emitter.publish(f"socket.io#/#{room}#", msgspec.msgpack.encode(["emitter", packet, options]))
+
+    async def stop(self) -> None:
+        for process in (self.primary, self.redis):
+            if process is not None:
+                process.terminate()
+        for process in (self.primary, self.redis):
+            if process is not None:
+                await asyncio.to_thread(process.wait)
+        if self.emitter is not None:
+            await self.emitter.aclose()
 
 
 class JetsockTelemetryOff(Jetsock):
@@ -323,6 +416,6 @@ class JetsockOtlp(Jetsock):
 
 
 SYSTEMS: dict[str, type[System]] = {
-    cls.name: cls for cls in (Jetsock, PythonSocketIO, JetsockTelemetryOff, JetsockOtlp)
+    cls.name: cls for cls in (Jetsock, PythonSocketIO, NodeSocketIO, JetsockTelemetryOff, JetsockOtlp)
 }
 DEFAULT_SYSTEMS = ("jetsock", "python-socketio")
