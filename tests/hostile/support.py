@@ -42,6 +42,9 @@ CLOSE_TIMEOUT = 2.0
 MAX_ROOMS = 50
 MAX_FRAME = 65536
 RSS_TOLERANCE_KB = 40 * 1024
+HISTORY_CACHE_MESSAGES = 5000
+HISTORY_CACHE_BYTES = 2 * 1024 * 1024
+"""The hostile edge's history cache (core/tailcache.py): a few MB at most, within RSS_TOLERANCE_KB."""
 PROBES = 5
 """Messages a backend publishes over NATS in each check (plus one from a fresh client)."""
 
@@ -228,6 +231,11 @@ class Hostile:
                 # History requests too: their rate limit has a class and an edge of its own (test_9j_history).
                 "JETSOCK_HISTORY_RATE": "100000",
                 "JETSOCK_HISTORY_BURST": "100000",
+                # The history cache is memory by design, bounded by its settings (its default holds up
+                # to 64 MiB of payloads): kept small here, so that each class's RSS check sees what its
+                # own attack leaves, and test_9j_history checks the bound holds under its floods.
+                "JETSOCK_HISTORY_CACHE_MESSAGES": str(HISTORY_CACHE_MESSAGES),
+                "JETSOCK_HISTORY_CACHE_BYTES": str(HISTORY_CACHE_BYTES),
                 "JETSOCK_DRAIN_SECONDS": "0.5",
                 # Every attack comes from 127.0.0.1: the per-source caps and the join rate limit
                 # are tested by their own classes (test_9b_admission, test_9c_join_rate).

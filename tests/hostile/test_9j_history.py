@@ -28,6 +28,7 @@ import asyncio
 import functools
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -45,7 +46,7 @@ from tests.edge.checker import check_exact, stored_seqs
 from tests.hostile.conftest import Cases
 from tests.hostile.edgeproc import EdgeProcess
 from tests.hostile.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWS, frame
-from tests.hostile.support import Hostile, raise_nofile_limit
+from tests.hostile.support import HISTORY_CACHE_MESSAGES, Hostile, raise_nofile_limit
 from tests.hostile.test_8_stalled import closes_4008
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.hostile("history floods")]
@@ -422,4 +423,17 @@ async def test_slow_paging_and_http_readers_of_a_big_room(hostile: Hostile, case
     assert statuses == Counter({200: HTTP_CONCURRENCY * HTTP_ROUNDS}), statuses
     allowed_kb = (STALLED * PER_STALLED + (READERS + HTTP_CONCURRENCY) * PER_PAGE_IN_FLIGHT) // 1024 + MARGIN_KB
     assert grew_kb <= allowed_kb, f"RSS grew {grew_kb / 1024:.0f} MB, allowed {allowed_kb / 1024:.0f} MB"
+    held, answered = await history_cache_figures(hostile.http)
+    cases.note("history cache", {"messages held": held, "reads it answered": answered})
+    assert 0 < held <= HISTORY_CACHE_MESSAGES, held
+    assert answered > 0, "the floods were all read from the stream: the cache never answered"
     cases.note("check_after_big_room", await hostile.check("history floods"))
+
+
+async def history_cache_figures(base: str) -> tuple[float, float]:
+    """From the edge's /metrics: the messages its history cache holds, and the reads it answered."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    held = re.findall(r"^jetsock_history_cache_messages(?:\{[^}]*\})? (\S+)$", text, re.M)
+    answered = re.findall(r'^jetsock_history_cache_reads_total\{[^}]*jetsock_answer="cache"[^}]*\} (\S+)$', text, re.M)
+    return sum(map(float, held)), sum(map(float, answered))
