@@ -220,33 +220,42 @@ class JetsockEdges(Jetsock):
         self.nats.stop()
 
 
-def start_redis(port: int, peer: str) -> subprocess.Popen[bytes]:
-    """A local redis-server, nothing kept on disk: the socket.io peers' adapter between processes."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        raise RuntimeError(f"the {peer} peer needs redis-server: apt-get install redis-server")
-    return subprocess.Popen(
-        [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
-    )
-
-
-class PythonSocketIO(System):
-    name = "python-socketio"
-    protocol = "python-socketio"
+class RedisBacked(System):
+    """A socket.io peer whose processes share rooms over a local redis-server (nothing kept on disk)."""
 
     def __init__(self, workdir: Path, workers: int) -> None:
         super().__init__(workdir, workers)
         self.redis_port = free_port()
         self.redis: subprocess.Popen[bytes] | None = None
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.emitter: socketio.AsyncRedisManager | None = None
-        self.watchdog: asyncio.Task[None] | None = None
 
     @property
     def redis_url(self) -> str:
         return f"redis://{HOST}:{self.redis_port}"
+
+    def start_redis(self) -> None:
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise RuntimeError(f"the {self.name} peer needs redis-server: apt-get install redis-server")
+        self.redis = subprocess.Popen(
+            [redis_server, "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+
+    def infra_pids(self) -> list[int]:
+        assert self.redis is not None
+        return [self.redis.pid]
+
+
+class PythonSocketIO(RedisBacked):
+    name = "python-socketio"
+    protocol = "python-socketio"
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        super().__init__(workdir, workers)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.emitter: socketio.AsyncRedisManager | None = None
+        self.watchdog: asyncio.Task[None] | None = None
 
     def _start_worker(self) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "bench.peer_socketio", "--port", str(self.port)]
@@ -256,7 +265,7 @@ class PythonSocketIO(System):
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     async def start(self) -> None:
-        self.redis = start_redis(self.redis_port, self.name)
+        self.start_redis()
         self.processes = [self._start_worker() for _ in range(self.workers)]
         await self.wait_listening(None)
         self.emitter = socketio.AsyncRedisManager(self.redis_url, write_only=True)
@@ -272,10 +281,6 @@ class PythonSocketIO(System):
 
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.poll() is None]
-
-    def infra_pids(self) -> list[int]:
-        assert self.redis is not None
-        return [self.redis.pid]
 
     async def publish(self, room: str, data: dict[str, Any]) -> None:
         assert self.emitter is not None
@@ -294,7 +299,7 @@ NODE_PEER = Path(__file__).parent / "peer_node_socketio"
 """bench/peer_node_socketio: its server.js, and its npm packages once `make bench-deps` installed them."""
 
 
-class NodeSocketIO(System):
+class NodeSocketIO(RedisBacked):
     """Node's socket.io 4 (bench/peer_node_socketio/server.js): the cluster module's primary and
     its workers (all counted as the server), the redis adapter on a local redis-server, and
     backends emitting through redis as @socket.io/redis-emitter does. Its clients speak the same
@@ -305,8 +310,6 @@ class NodeSocketIO(System):
 
     def __init__(self, workdir: Path, workers: int) -> None:
         super().__init__(workdir, workers)
-        self.redis_port = free_port()
-        self.redis: subprocess.Popen[bytes] | None = None
         self.primary: subprocess.Popen[bytes] | None = None
         self.emitter: redis.asyncio.Redis | None = None
 
@@ -314,12 +317,12 @@ class NodeSocketIO(System):
         node = shutil.which("node")
         if node is None or not (NODE_PEER / "node_modules" / ".package-lock.json").exists():
             raise RuntimeError("the node-socketio peer needs node and its packages: make bench-deps")
-        self.redis = start_redis(self.redis_port, self.name)
+        self.start_redis()
         env = {
             **os.environ,
             "PORT": str(self.port),
             "HOST": HOST,
-            "REDIS_URL": f"redis://{HOST}:{self.redis_port}",
+            "REDIS_URL": self.redis_url,
             "SECRET": SECRET,
             "WORKERS": str(self.workers),
             "RESTART_PAUSE": str(RESTART_PAUSE),
@@ -348,10 +351,6 @@ class NodeSocketIO(System):
         return (
             [self.primary.pid] if self.primary is not None and self.primary.poll() is None else []
         ) + self._workers()
-
-    def infra_pids(self) -> list[int]:
-        assert self.redis is not None
-        return [self.redis.pid]
 
     async def kill_worker(self) -> None:
         """SIGKILL one worker (not the primary); the primary forks another after RESTART_PAUSE."""

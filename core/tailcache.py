@@ -230,9 +230,10 @@ class TailCache:
         """Wake the reads waiting for a position now reached."""
         waiters, self._waiters = self._waiters, []
         for seq, future in waiters:
+            if future.done():
+                continue  # its read gave up waiting (and went to the stream)
             if seq <= self.position:
-                if not future.done():
-                    future.set_result(None)
+                future.set_result(None)
             else:
                 self._waiters.append((seq, future))
 
