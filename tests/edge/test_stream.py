@@ -458,7 +458,10 @@ async def test_silence_closes_4009_and_keepalives_come_every_heartbeat(
 async def test_a_client_that_stops_reading_is_closed_4008_and_others_are_unaffected(
     make_edge: Any, backend: Any, nats_server: EmbeddedNats, streams: list[EventStream]
 ) -> None:
-    edge = await make_edge(max_pending_bytes=64 * 1024, close_timeout=10)
+    # 256 KB: 16 of the 16 KB messages of headroom for the readers that keep up (this process reads
+    # them on a loaded box; with 4, one stalled loop iteration closed them too), and still a tenth of
+    # what the flood pushes at the one that stops reading.
+    edge = await make_edge(max_pending_bytes=256 * 1024, close_timeout=10)
     join = [{"type": "join", "room": "sse.flood"}]
     slow = await open_stream(edge.http, sub="slow", frames=join)
     fast = await open_stream(edge.http, sub="fast", frames=join)
